@@ -1,0 +1,327 @@
+"""The node's one configuration schema.
+
+Precedence: schema defaults < YAML file (``--config``) < CLI overrides (``--set dotted.key=value``,
+``--rounds``). The schema defaults *are* the offline CPU default, spelled out in ``configs/local.yaml``
+(a test keeps the two equal), so ``sapo run`` with no arguments runs the embedded tiny model.
+
+Every section rejects unknown keys, and every error names the field and how to fix it. This module
+imports neither torch nor transformers, so ``sapo --help`` and config errors answer fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which field and what to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Module names that get adapters."""
+
+
+class ModelConfig(Section):
+    name: str = "embedded:tiny"
+    """A Hugging Face model id or local path (e.g. Qwen/Qwen2.5-0.5B-Instruct), or ``embedded:tiny`` /
+    ``embedded:small``: a small model built locally from a transformers config, no download."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for hub models."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype. ``auto`` keeps float32 master weights (compute runs in bf16 on CUDA, see
+    ``train.precision``); pure bfloat16 weights save memory but round away small RL updates."""
+    warm_start_steps: int = Field(150, ge=0)
+    """Embedded models only: supervised steps on the default task mix before RL (0 = random weights)."""
+    lora: LoraConfig = LoraConfig()
+
+    @property
+    def embedded(self) -> bool:
+        return self.name.startswith(EMBEDDED_PREFIX)
+
+
+class TaskSpec(Section):
+    source: Literal["reasoning_gym"] = "reasoning_gym"
+    """Where questions come from; every source regenerates a task from (dataset, config, seed, index)."""
+    dataset: str
+    """Dataset name within the source, e.g. basic_arithmetic."""
+    config: dict[str, Any] = {}
+    """Keyword arguments of the dataset generator (difficulty knobs). ``seed`` and ``size`` are not allowed
+    here: the seed comes from ``tasks.seed`` and the index from the round."""
+    weight: float = Field(1.0, gt=0)
+    """Relative sampling weight in the mix."""
+
+    @model_validator(mode="after")
+    def _no_seed_or_size(self) -> "TaskSpec":
+        bad = {"seed", "size"} & set(self.config)
+        if bad:
+            raise ValueError(
+                f"tasks.mix[].config must not set {sorted(bad)}: the seed comes from tasks.seed and the "
+                "index from the round counter; remove these keys"
+            )
+        try:
+            json.dumps(self.config, sort_keys=True)
+        except TypeError as exc:
+            raise ValueError(f"tasks.mix[].config must be plain YAML data (numbers, strings, lists): {exc}")
+        return self
+
+
+def _default_mix() -> list[TaskSpec]:
+    # One-digit addition/subtraction: learnable by the embedded tiny model on a CPU in minutes.
+    # (With two-digit operands the 0.4 M-parameter model stays near 6% however long RL runs.)
+    return [
+        TaskSpec(
+            dataset="basic_arithmetic",
+            config={
+                "min_terms": 2,
+                "max_terms": 2,
+                "min_digits": 1,
+                "max_digits": 1,
+                "operators": ["+", "-"],
+                "allow_parentheses": False,
+                "allow_negation": False,
+            },
+        )
+    ]
+
+
+class TasksConfig(Section):
+    mix: list[TaskSpec] = Field(default_factory=_default_mix, min_length=1)
+    """Datasets this node trains on, sampled by weight each round."""
+    seed: int | None = None
+    """Seed of the question streams; ``None`` uses ``seed`` (the node seed)."""
+    system_prompt: str = (
+        "Solve the problem. Think briefly, then give only the final answer inside <answer></answer> tags."
+    )
+    """Used with tokenizers that have a chat template; the embedded tokenizer uses a bare prompt."""
+
+
+class GenerationConfig(Section):
+    backend: Literal["hf"] = "hf"
+    """Generator backend: ``hf`` (transformers ``generate``). Later: ``fast-hf``, ``vllm``."""
+    group_size: int = Field(8, ge=2)
+    """G: completions sampled per question (GRPO needs at least 2 to compare)."""
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    """0 disables top-k."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per generate call."""
+    max_prompt_tokens: int = Field(1024, ge=8)
+    """Longer prompts are truncated from the left."""
+
+
+class TrainConfig(Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = Field(1.0, gt=0)
+    eps_low: float = Field(0.2, ge=0, lt=1)
+    """Lower clip of the ratio: 1 - eps_low."""
+    eps_high: float = Field(0.28, ge=0)
+    """Upper clip of the ratio: 1 + eps_high (clip-higher, DAPO)."""
+    kl_beta: float = Field(0.0, ge=0)
+    """Weight of a k3 KL penalty to the initial policy; 0 (default) keeps no reference model."""
+    scale_rewards: bool = True
+    """Divide group-centred rewards by the group std (GRPO); False keeps only centring (Dr. GRPO)."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Sequences per forward/backward; gradients accumulate over the whole batch (one optimizer step per pass)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision of forward passes (generation and training): ``auto`` = bf16 autocast on CUDA,
+    fp32 on CPU."""
+    epochs_per_round: int = Field(1, ge=1)
+    """Optimizer passes over a round's batch; with more than 1 the clipped ratio starts to bind."""
+
+
+class SapoConfig(Section):
+    local_groups: int = Field(8, ge=0)
+    """I: the node's own rollout groups per training batch."""
+    external_groups: int = Field(0, ge=0)
+    """J: groups sampled from peers per training batch (topped up from local groups when too few arrive)."""
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "SapoConfig":
+        if self.local_groups + self.external_groups < 1:
+            raise ValueError("sapo.local_groups + sapo.external_groups must be at least 1; set local_groups: 8")
+        return self
+
+
+class CheckpointConfig(Section):
+    every_rounds: int = Field(10, ge=1)
+    """Save every N rounds (and always on SIGINT/SIGTERM and at the end)."""
+    keep: int = Field(2, ge=1)
+    """How many checkpoints to keep under RUN_DIR/checkpoints/."""
+
+
+class MetricsConfig(Section):
+    log_every: int = Field(1, ge=1)
+    """Print a progress line every N rounds (metrics.jsonl always gets every round)."""
+
+
+class RuntimeConfig(Section):
+    mode: Literal["sync"] = "sync"
+    """``sync``: generate, reward, train in turn. (The async pipeline comes later.)"""
+
+
+class Config(Section):
+    seed: int = 0
+    """Node seed: model init/warm start stay fixed; sampling and question streams derive from it."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; ``None`` uses all cores."""
+    rounds: int | None = Field(None, ge=1)
+    """Stop after this round (counted from the start of the run, so a resumed run stops at the same
+    place); ``None`` trains until stopped."""
+    model: ModelConfig = ModelConfig()
+    tasks: TasksConfig = TasksConfig()
+    generation: GenerationConfig = GenerationConfig()
+    train: TrainConfig = TrainConfig()
+    sapo: SapoConfig = SapoConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, data: Any) -> Any:
+        # `model: Qwen/Qwen2.5-0.5B-Instruct` is short for `model: {name: ...}`.
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**data, "model": {"name": data["model"]}}
+        return data
+
+    @property
+    def task_seed(self) -> int:
+        return self.seed if self.tasks.seed is None else self.tasks.seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, error messages
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for err in exc.errors():
+        loc = _loc(err["loc"]) or "<top level>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _loc(err["loc"][:-1])
+            known = _known_keys(err["loc"][:-1])
+            hint = f"remove it, or use one of: {', '.join(known)}" if known else "remove it"
+            lines.append(f"  {loc}: unknown key{' in ' + parent if parent else ''}; {hint}")
+            continue
+        msg = err["msg"]
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def _loc(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _known_keys(path: tuple) -> list[str]:
+    model: Any = Config
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            model = args[0]
+        else:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif isinstance(nxt, str) and part == "model":
+            nxt = node[part] = {"name": nxt}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section; set '{part}' itself")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> (``a.b``, value parsed as YAML so numbers, booleans and lists get their types)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key; expected dotted.key=value, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                extra: dict[str, Any] | None = None) -> Config:
+    """Build the config: defaults < file < ``overrides`` (``dotted.key=value``) < ``extra`` (dotted keys)."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}; pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (model:, train:, ...), "
+                              f"not a {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+        origin += f" + --set {key}"
+    for key, value in (extra or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

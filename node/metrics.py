@@ -1,0 +1,49 @@
+"""Per-round metrics: ``RUN_DIR/metrics.jsonl`` (one JSON object per round) and the console progress line.
+
+Keys every round carries: ``round``, ``reward_mean`` (mean reward of this node's own fresh completions),
+``local_groups`` and ``external_groups`` (groups in the training batch), ``loss``, ``gen_tokens_per_s``,
+``train_tokens_per_s``, ``round_s``; plus diagnostics (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash mid-write
+        return out
+
+    def truncate_after(self, round_idx: int) -> None:
+        """Drop rows of rounds after ``round_idx`` (they are redone after a resume); atomic rewrite."""
+        rows = [r for r in self.rows() if r.get("round", 0) <= round_idx]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+
+
+def progress_line(row: dict) -> str:
+    return (f"round {row['round']:>5} | reward {row['reward_mean']:.3f} | loss {row['loss']:+.4f} | "
+            f"groups {row['local_groups']}L+{row['external_groups']}E | "
+            f"gen {row['gen_tokens_per_s']:,.0f} tok/s | train {row['train_tokens_per_s']:,.0f} tok/s | "
+            f"{row['round_s']:.2f} s")

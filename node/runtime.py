@@ -1,0 +1,185 @@
+"""The node's main loop (``runtime.mode: sync``): generate -> reward -> share -> train, once per round.
+
+Round r (1-based):
+1. the task mix names ``I + J`` questions (stateless in r, so a resume asks the same ones);
+2. the generator samples G completions per question (seeded by (seed, r));
+3. each completion is rewarded by the task's own verifier;
+4. the groups are handed to the exchange (``publish``) and up to J external groups come back (``sample``);
+5. the batch is I local groups + the external ones, topped up with local groups when fewer than J arrived;
+6. one GRPO step; metrics.jsonl gets a row; every ``checkpoint.every_rounds`` an atomic checkpoint.
+
+SIGINT/SIGTERM finish the current round, save a checkpoint and return 0; a second signal aborts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from node.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from node.config import Config, dump_config
+from node.metrics import MetricsLog, progress_line
+from node.rollout import RolloutGroup
+from node.tasks import TaskMix, resolve, score
+
+
+def derive_seed(*parts) -> int:
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Node:
+    def __init__(self, cfg: Config, run_dir: Path, log=print, exchange=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.exchange = exchange
+        self._stop = False
+        self._signals = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from node.generator import make_generator
+        from node.model import load_policy, prompt_text, resolve_device, resolve_dtype
+        from node.trainer import Trainer
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.model.dtype, self.device)
+        self.model, self.tokenizer = load_policy(cfg.model, self.device, dtype, log=self.log)
+        self.prompt_text = prompt_text
+        self.generator = make_generator(cfg.generation, self.model, self.tokenizer, cfg.train.precision)
+        self.trainer = Trainer(self.model, self.tokenizer, cfg.train, cfg.generation.temperature,
+                               cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens)
+        self.mix = TaskMix(cfg.tasks.mix, cfg.task_seed)
+        if self.exchange is None:
+            from swarm.exchange import SoloExchange
+
+            self.exchange = SoloExchange()
+        self.metrics = MetricsLog(self.run_dir)
+        self.start_round = 1
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.model, self.trainer.optimizer)
+            self.start_round = int(state["round"]) + 1
+            self.trainer.steps = int(state.get("trainer_steps", state["round"]))
+            self.metrics.truncate_after(int(state["round"]))
+            self.log(f"resumed from {ckpt} at round {self.start_round}")
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum, frame) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            raise KeyboardInterrupt
+        self._stop = True
+        self.log(f"{signal.Signals(signum).name}: finishing this round, then saving (signal again to abort)")
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    # ------------------------------------------------------------------ one round
+    def make_groups(self, round_idx: int, n: int) -> tuple[list[RolloutGroup], float, int]:
+        cfg = self.cfg
+        refs = self.mix.refs_for_round(round_idx, n)
+        tasks = [resolve(r) for r in refs]
+        prompts = [self.prompt_text(self.tokenizer, t.question, cfg.tasks.system_prompt) for t in tasks]
+        t0 = time.perf_counter()
+        before = self.generator.tokens_generated
+        outs = self.generator.generate(prompts, cfg.generation.group_size,
+                                       seed=derive_seed(cfg.seed, "gen", round_idx))
+        gen_s = time.perf_counter() - t0
+        groups = []
+        for task, prompt, comps in zip(tasks, prompts, outs):
+            groups.append(RolloutGroup(
+                task=task, prompt=prompt, completions=comps,
+                rewards=[score(task, c.text) for c in comps], origin="local",
+                policy_version=self.trainer.steps, model_id=cfg.model.name,
+            ))
+        return groups, gen_s, self.generator.tokens_generated - before
+
+    def run_round(self, round_idx: int) -> dict:
+        cfg = self.cfg
+        t_round = time.perf_counter()
+        n_local, n_ext = cfg.sapo.local_groups, cfg.sapo.external_groups
+        groups, gen_s, gen_tokens = self.make_groups(round_idx, n_local + n_ext)
+        self.exchange.publish(groups, round_idx)
+        external = self.exchange.sample(n_ext, round_idx) if n_ext else []
+        rng = random.Random(derive_seed(cfg.seed, "pick", round_idx))
+        take = n_local + (n_ext - len(external))
+        local = groups if take >= len(groups) else rng.sample(groups, take)
+        batch = local + external
+        stats = self.trainer.step(batch)
+        rewards = [r for g in groups for r in g.rewards]
+        lengths = [len(c.token_ids or []) for g in groups for c in g.completions]
+        by_ds: dict[str, list[float]] = {}
+        for g in groups:
+            by_ds.setdefault(g.task.ref.dataset, []).extend(g.rewards)
+        row = {
+            "round": round_idx,
+            "reward_mean": sum(rewards) / len(rewards),
+            "local_groups": len(local),
+            "external_groups": len(external),
+            "external_shortfall": n_ext - len(external),
+            "loss": stats["loss"],
+            "gen_tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0,
+            "train_tokens_per_s": stats["train_tokens"] / stats["train_s"] if stats.get("train_s") else 0.0,
+            "round_s": time.perf_counter() - t_round,
+            "gen_s": gen_s,
+            "train_s": stats.get("train_s", 0.0),
+            "groups_with_signal": sum(g.has_signal for g in batch),
+            "completion_tokens_mean": sum(lengths) / max(1, len(lengths)),
+            "finished_frac": sum(c.finished for g in groups for c in g.completions) / max(1, len(lengths)),
+            "grad_norm": stats.get("grad_norm", 0.0),
+            "clip_low_frac": stats.get("clip_low_frac", 0.0),
+            "clip_high_frac": stats.get("clip_high_frac", 0.0),
+            "policy_version": self.trainer.steps,
+            "reward_by_dataset": {k: sum(v) / len(v) for k, v in sorted(by_ds.items())},
+            "time": time.time(),
+        }
+        row.update(self.exchange.stats())
+        return row
+
+    # ------------------------------------------------------------------ main loop
+    def save(self, round_idx: int) -> Path:
+        return save_checkpoint(self.run_dir, round_idx, self.model, self.trainer.optimizer,
+                               {"trainer_steps": self.trainer.steps, "model": self.cfg.model.name},
+                               keep=self.cfg.checkpoint.keep)
+
+    def run(self) -> int:
+        cfg = self.cfg
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.setup()
+            last_saved = self.start_round - 1
+            r = self.start_round
+            if cfg.rounds is not None and r > cfg.rounds:
+                self.log(f"run already reached round {cfg.rounds}; raise --rounds to train further")
+                return 0
+            while not self._stop and (cfg.rounds is None or r <= cfg.rounds):
+                row = self.run_round(r)
+                self.metrics.append(row)
+                if r % cfg.metrics.log_every == 0 or r == cfg.rounds:
+                    self.log(progress_line(row))
+                if r % cfg.checkpoint.every_rounds == 0:
+                    self.save(r)
+                    last_saved = r
+                r += 1
+            if r - 1 > last_saved:
+                path = self.save(r - 1)
+                self.log(f"saved {path}")
+            return 0
+        finally:
+            if self.exchange is not None:
+                self.exchange.close()
+            for s, h in old.items():
+                signal.signal(s, h)

@@ -1,0 +1,1 @@
+"""sapo-swarm swarm layer: everything between nodes (identity, envelopes, admission, sampling, transports)."""

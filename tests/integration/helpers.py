@@ -1,0 +1,62 @@
+"""Helpers for tests that run real `sapo` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Tests need no learning, only a real model: a 20-step warm start builds in about a second.
+FAST = ["--set", "model.warm_start_steps=20", "--set", "threads=1"]
+
+
+def sapo_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "node.cli", *args]
+
+
+def run_sapo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(sapo_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def start_sapo(*args: str, log: Path) -> subprocess.Popen:
+    f = open(log, "w")
+    return subprocess.Popen(sapo_cmd(*args), stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process this test started (by pid), escalating to SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
