@@ -49,7 +49,7 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Parameter dtype. ``auto`` keeps float32 master weights (compute runs in bf16 on CUDA, see
     ``train.precision``); pure bfloat16 weights save memory but round away small RL updates."""
-    warm_start_steps: int = Field(150, ge=0)
+    warm_start_steps: int = Field(200, ge=0)
     """Embedded models only: supervised steps on the default task mix before RL (0 = random weights)."""
     lora: LoraConfig = LoraConfig()
 

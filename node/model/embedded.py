@@ -40,11 +40,18 @@ class EmbeddedSpec:
     kv_heads: int
     intermediate: int
     max_positions: int = 512
+    vocab_size: int | None = None
+    """None: the tokenizer's size. A larger vocabulary only adds unused rows (to mimic a real model's shape)."""
+    tie_embeddings: bool = True
 
 
 EMBEDDED_MODELS = {
     "tiny": EmbeddedSpec(layers=2, hidden=128, heads=4, kv_heads=2, intermediate=384),
     "small": EmbeddedSpec(layers=4, hidden=192, heads=6, kv_heads=2, intermediate=576),
+    # Qwen2.5-0.5B's exact shape with random weights: for GPU throughput/memory checks without a download
+    # (use with model.warm_start_steps=0; it cannot learn anything useful through a character tokenizer).
+    "qwen2.5-0.5b-shape": EmbeddedSpec(layers=24, hidden=896, heads=14, kv_heads=2, intermediate=4864,
+                                       max_positions=32768, vocab_size=151936),
 }
 
 
@@ -71,14 +78,14 @@ def build_model(spec: EmbeddedSpec, tokenizer, seed: int = 0):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=spec.vocab_size or len(tokenizer),
         hidden_size=spec.hidden,
         intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True,
+        tie_word_embeddings=spec.tie_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
