@@ -153,9 +153,9 @@ class TrainConfig(Section):
 
 
 class SapoConfig(Section):
-    local_groups: int = Field(8, ge=0)
+    local_groups: int = Field(4, ge=0)
     """I: the node's own rollout groups per training batch."""
-    external_groups: int = Field(0, ge=0)
+    external_groups: int = Field(4, ge=0)
     """J: groups sampled from peers per training batch (topped up from local groups when too few arrive)."""
 
     @model_validator(mode="after")
@@ -163,6 +163,80 @@ class SapoConfig(Section):
         if self.local_groups + self.external_groups < 1:
             raise ValueError("sapo.local_groups + sapo.external_groups must be at least 1; set local_groups: 8")
         return self
+
+
+class HivemindTransportConfig(Section):
+    type: Literal["hivemind"] = "hivemind"
+    listen: list[str] = ["/ip4/127.0.0.1/tcp/0"]
+    """Multiaddrs to listen on (port 0 = any free port). To accept peers from other machines use e.g.
+    ``/ip4/0.0.0.0/tcp/31337`` and open that port."""
+    announce: list[str] = []
+    """Multiaddrs to advertise instead of the listen addresses (e.g. a public IP behind port forwarding)."""
+    window_s: float = Field(10.0, gt=0)
+    """Records live under a DHT key per (swarm, time window of this many seconds)."""
+    poll_interval_s: float = Field(0.2, gt=0)
+    """Fastest poll of the DHT for new records; backs off while nothing new arrives."""
+    max_poll_interval_s: float = Field(2.0, gt=0)
+    record_ttl_s: float = Field(120.0, gt=0)
+    """Expiration of published records (the publisher keeps bodies this long for peers to fetch)."""
+    push_hints: bool = True
+    """Also push each signed index entry straight to known peers (low latency); off: DHT polling only."""
+    inline_max_bytes: int = Field(65_536, ge=0, le=1_048_576)
+    """Bodies up to this size ride inside the pushed hint; larger ones are fetched from the publisher."""
+
+
+TransportConfig = Annotated[HivemindTransportConfig, Field(discriminator="type")]
+
+
+class AdmissionConfig(Section):
+    max_envelope_bytes: int = Field(1_048_576, ge=1024)
+    """Largest compressed envelope accepted."""
+    max_decompressed_bytes: int = Field(4_194_304, ge=1024)
+    """Largest envelope after decompression (guards against compression bombs)."""
+    max_age_s: float = Field(600.0, gt=0)
+    """Envelopes created longer ago than this are stale."""
+    max_future_s: float = Field(30.0, ge=0)
+    """Tolerated clock skew: envelopes dated further in the future are rejected."""
+    rate_per_peer: float = Field(480.0, gt=0)
+    """Envelopes per peer per minute (token bucket) before rate limiting kicks in; twice what an honest
+    node publishes at most (``swarm.publish_per_minute``)."""
+    burst_per_peer: int = Field(120, ge=1)
+    max_completions: int = Field(64, ge=1)
+    max_completion_chars: int = Field(16_384, ge=1)
+    allowed_datasets: list[str] | None = None
+    """``source/dataset`` names accepted from peers; ``None`` = the datasets of this node's own task mix."""
+    foreign_task_configs: bool = False
+    """Accept dataset configs (difficulty knobs) that differ from this node's own mix entries. Off: a peer
+    cannot make this node generate arbitrary, possibly very expensive dataset variants."""
+
+
+class PoolConfig(Section):
+    ttl_s: float = Field(300.0, gt=0)
+    """External groups older than this (since admission) are dropped from the pool."""
+    max_groups: int = Field(4096, ge=1)
+    max_per_peer: int = Field(512, ge=1)
+    per_peer_per_batch: int = Field(2, ge=1)
+    """At most this many groups of one peer in one training batch."""
+    reuse: bool = False
+    """Whether a group may be trained on again in a later round."""
+
+
+class SwarmConfig(Section):
+    enabled: bool = True
+    """Share rollouts with peers. With no ``initial_peers`` the node is the first of a new swarm."""
+    swarm_id: str = Field("sapo-local", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    """Nodes only exchange rollouts within the same swarm id."""
+    initial_peers: list[str] = []
+    """Bootstrap multiaddrs (``/ip4/1.2.3.4/tcp/31337/p2p/12D3KooW...``); same as ``--peers``."""
+    identity_path: str | None = None
+    """Ed25519 key file (created with mode 0600 on first run); ``None`` = ``RUN_DIR/identity.key``."""
+    publish_per_minute: float = Field(240.0, gt=0)
+    """At most this many groups published per minute (token bucket): a fast node (a tiny model on a CPU
+    runs 10 rounds/s) shares a subset instead of tripping its peers' rate limits."""
+    publish_burst: int = Field(60, ge=1)
+    transport: TransportConfig = HivemindTransportConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    pool: PoolConfig = PoolConfig()
 
 
 class CheckpointConfig(Section):
@@ -196,6 +270,7 @@ class Config(Section):
     generation: GenerationConfig = GenerationConfig()
     train: TrainConfig = TrainConfig()
     sapo: SapoConfig = SapoConfig()
+    swarm: SwarmConfig = SwarmConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     runtime: RuntimeConfig = RuntimeConfig()

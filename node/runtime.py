@@ -63,9 +63,7 @@ class Node:
                                cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens)
         self.mix = TaskMix(cfg.tasks.mix, cfg.task_seed)
         if self.exchange is None:
-            from swarm.exchange import SoloExchange
-
-            self.exchange = SoloExchange()
+            self.exchange = self._make_exchange()
         self.metrics = MetricsLog(self.run_dir)
         self.start_round = 1
         ckpt = latest_checkpoint(self.run_dir)
@@ -75,6 +73,41 @@ class Node:
             self.trainer.steps = int(state.get("trainer_steps", state["round"]))
             self.metrics.truncate_after(int(state["round"]))
             self.log(f"resumed from {ckpt} at round {self.start_round}")
+
+    def _make_exchange(self):
+        cfg = self.cfg
+        if not cfg.swarm.enabled:
+            from swarm.exchange import SoloExchange
+
+            return SoloExchange()
+        from swarm.admission import Admission
+        from swarm.exchange import SwarmExchange, identity_path, make_transport, write_node_json
+        from swarm.identity import load_or_create
+        from swarm.sampler import ExternalPool
+
+        key_path = identity_path(cfg.swarm, self.run_dir)
+        identity, created = load_or_create(key_path)
+        self.log(f"identity {identity.peer_id} ({'new key' if created else 'key'} at {key_path})")
+        transport = make_transport(cfg.swarm, identity)
+        transport.start()
+        try:
+            info = write_node_json(self.run_dir, identity, transport, cfg.swarm)
+            admission = Admission(
+                cfg.swarm.admission, cfg.swarm.swarm_id, identity.peer_id, self.mix.allowed(),
+                prompt_for=lambda task: self.prompt_text(self.tokenizer, task.question, cfg.tasks.system_prompt),
+                own_configs=self.mix.own_configs(),
+            )
+            exchange = SwarmExchange(cfg.swarm, identity, transport, admission, ExternalPool(cfg.swarm.pool),
+                                     seed=cfg.seed, log=self.log)
+        except BaseException:
+            transport.stop()
+            raise
+        peers = cfg.swarm.initial_peers
+        self.log(f"swarm '{cfg.swarm.swarm_id}' via {cfg.swarm.transport.type}: "
+                 + (f"joined through {len(peers)} peer(s)" if peers else "first node of a new swarm"))
+        for addr in info["addrs"]:
+            self.log(f"  join this node with: sapo run --peers {addr}")
+        return exchange
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:

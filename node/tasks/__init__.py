@@ -9,7 +9,7 @@ from node.tasks.base import Task, TaskError, TaskRef, TaskSource, canonical_conf
 from node.tasks.rewards import extract_answer, reward
 
 __all__ = ["Task", "TaskError", "TaskRef", "TaskSource", "TaskMix", "canonical_config", "extract_answer",
-           "get_source", "resolve", "reward"]
+           "get_source", "resolve", "reward", "score"]
 
 _SOURCES: dict[str, TaskSource] = {}
 
@@ -61,3 +61,6 @@ class TaskMix:
 
     def allowed(self) -> set[tuple[str, str]]:
         return {(s.source, s.dataset) for s in self.specs}
+
+    def own_configs(self) -> set[tuple[str, str, str]]:
+        return {(s.source, s.dataset, canonical_config(s.config)) for s in self.specs}

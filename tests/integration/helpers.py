@@ -11,6 +11,8 @@ from pathlib import Path
 
 # Tests need no learning, only a real model: a 20-step warm start builds in about a second.
 FAST = ["--set", "model.warm_start_steps=20", "--set", "threads=1"]
+# A node alone (no transport): for tests of the training loop itself.
+SOLO = [*FAST, "--set", "swarm.enabled=false"]
 
 
 def sapo_cmd(*args: str) -> list[str]:
