@@ -73,6 +73,44 @@ from hivemind.p2p import P2P, P2PContext, PeerID  # noqa: E402
 from hivemind.utils.serializer import MSGPackSerializer  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+def _die_with_parent_p2pd() -> None:
+    """Make every p2pd that hivemind launches get SIGTERM when the thread that started it dies.
+
+    Why: p2pd is a separate Go process; after ``kill -9`` of the node nothing would ever stop it (an orphan
+    holding a port and ~30 MB). Linux's PR_SET_PDEATHSIG, set in the child between fork and exec, ties it to
+    its creator (our event-loop thread, which lives until ``stop()``). hivemind offers no hook for this, so
+    the asyncio spawn function is wrapped once, for the p2pd binary only. The prctl function is resolved
+    here, before any fork, so the child runs no Python imports or allocations in between.
+    """
+    import ctypes
+    import signal as _signal
+    import sys
+
+    if not sys.platform.startswith("linux") or getattr(asyncio.subprocess, "_sapo_pdeathsig", False):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    pr_set_pdeathsig, sigterm = 1, int(_signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    original = asyncio.subprocess.create_subprocess_exec
+
+    async def spawn(program, *args, **kwargs):
+        if os.path.basename(str(program)) == "p2pd" and "preexec_fn" not in kwargs:
+            kwargs["preexec_fn"] = preexec
+        return await original(program, *args, **kwargs)
+
+    asyncio.subprocess.create_subprocess_exec = spawn
+    asyncio.subprocess._sapo_pdeathsig = True
+
+
+_die_with_parent_p2pd()
 logging.getLogger("hivemind").setLevel(getattr(logging, os.environ["HIVEMIND_LOGLEVEL"].upper(), logging.ERROR))
 
 MAX_PAYLOAD_BYTES = 1_900_000

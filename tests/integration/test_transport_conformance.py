@@ -166,3 +166,16 @@ def test_stop_leaves_no_child_process_and_exits(swarm):
         assert p.close() == 0
         alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
         assert not alive, f"left behind: {[(k.pid, k.name()) for k in alive]}"
+
+
+def test_kill_9_of_a_peer_leaves_no_child_process(swarm):
+    # A node killed with SIGKILL cannot clean up; its helper processes (p2pd for hivemind) must still die.
+    (p,) = swarm.start(1)
+    kids = psutil.Process(p.proc.pid).children(recursive=True)
+    p.proc.kill()
+    p.proc.wait(10)
+
+    def all_gone():
+        return not [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+
+    wait_for(all_gone, 15, what="children of a SIGKILLed peer to exit")
