@@ -185,7 +185,33 @@ class HivemindTransportConfig(Section):
     """Bodies up to this size ride inside the pushed hint; larger ones are fetched from the publisher."""
 
 
-TransportConfig = Annotated[HivemindTransportConfig, Field(discriminator="type")]
+class RelayConfig(Section):
+    enabled: bool = False
+    """Reach and be reached through libp2p circuit relay v2 (for nodes behind NAT)."""
+    relays: list[str] = []
+    """Relay multiaddrs to reserve a slot on (e.g. a `sapo bootstrap` acting as relay)."""
+    hop: bool = False
+    """Act as a relay for others (what `sapo bootstrap --relay` turns on)."""
+
+
+class Libp2pTransportConfig(Section):
+    type: Literal["libp2p"] = "libp2p"
+    listen: list[str] = ["/ip4/127.0.0.1/tcp/0"]
+    """Multiaddrs to listen on (port 0 = any free port); QUIC addresses (``/udp/N/quic-v1``) where supported."""
+    announce: list[str] = []
+    mdns: bool = True
+    """Find peers on the local network / machine with mDNS (zero-configuration local swarms)."""
+    dht: bool = True
+    """Discover peers beyond the bootstrap list with a Kademlia DHT / random walk."""
+    max_frame_bytes: int = Field(60_000, ge=1024, le=60_000)
+    """Largest gossip frame sent; py-libp2p 0.8.1 receivers crash on frames above ~64 KB, so bigger bodies are
+    chunked or fetched over a stream."""
+    heartbeat_s: float = Field(1.0, gt=0)
+    """Gossipsub heartbeat interval."""
+    relay: RelayConfig = RelayConfig()
+
+
+TransportConfig = Annotated[HivemindTransportConfig | Libp2pTransportConfig, Field(discriminator="type")]
 
 
 class AdmissionConfig(Section):
@@ -249,6 +275,18 @@ class CheckpointConfig(Section):
 class MetricsConfig(Section):
     log_every: int = Field(1, ge=1)
     """Print a progress line every N rounds (metrics.jsonl always gets every round)."""
+    port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (0 = any free port, written to node.json); ``None`` = off."""
+    host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to; 0.0.0.0 exposes it to the network."""
+
+
+class LoggingConfig(Section):
+    format: Literal["text", "json"] = "text"
+    """``text``: human-readable (rich); ``json``: one JSON object per line with peer id and round."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: str | None = None
+    """Also append log lines to this file (``None``: console only)."""
 
 
 class RuntimeConfig(Section):
@@ -273,6 +311,7 @@ class Config(Section):
     swarm: SwarmConfig = SwarmConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="before")
@@ -386,16 +425,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} must hold a mapping of sections (model:, train:, ...), "
                               f"not a {type(loaded).__name__}")
         data = loaded
+    file_transport = _transport_type(data)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
         origin += f" + --set {key}"
     for key, value in (extra or {}).items():
         _set_dotted(data, key, value)
+    _prune_switched_transport(data, file_transport)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def _transport_type(data: dict) -> str | None:
+    t = (data.get("swarm") or {}).get("transport") if isinstance(data.get("swarm"), dict) else None
+    return t.get("type", "hivemind") if isinstance(t, dict) else None
+
+
+def _prune_switched_transport(data: dict, file_type: str | None) -> None:
+    """``--transport libp2p`` on a file configured for hivemind: drop the settings the new backend lacks
+    (each backend has its own), instead of failing on them as unknown keys."""
+    new_type = _transport_type(data)
+    if file_type is None or new_type == file_type:
+        return
+    models = {"hivemind": HivemindTransportConfig, "libp2p": Libp2pTransportConfig}
+    target = models.get(new_type)
+    if target is not None:
+        t = data["swarm"]["transport"]
+        data["swarm"]["transport"] = {k: v for k, v in t.items() if k in target.model_fields}
 
 
 def dump_config(cfg: Config) -> str:

@@ -143,7 +143,11 @@ def make_transport(swarm_cfg, identity):
         t = swarm_cfg.transport
         return HivemindTransport(t, identity, swarm_cfg.swarm_id, list(swarm_cfg.initial_peers),
                                  push_hints=t.push_hints, inline_max_bytes=t.inline_max_bytes)
-    raise ValueError(f"swarm.transport.type: unknown transport {kind!r}; use hivemind")
+    if kind == "libp2p":
+        from swarm.transport.libp2p import Libp2pTransport
+
+        return Libp2pTransport(swarm_cfg.transport, identity, swarm_cfg.swarm_id, list(swarm_cfg.initial_peers))
+    raise ValueError(f"swarm.transport.type: unknown transport {kind!r}; use hivemind or libp2p")
 
 
 def identity_path(swarm_cfg, run_dir) -> "Path":

@@ -108,3 +108,12 @@ def test_sapo_batch_must_not_be_empty():
 def test_exponent_without_dot_still_sets_a_float():
     # YAML 1.1 reads 1e-4 as a string; the schema coerces numeric strings for float fields.
     assert load_config(overrides=["train.lr=1e-4"]).train.lr == 1e-4
+
+
+def test_switching_transport_on_the_command_line_drops_the_other_backends_keys():
+    local = Path(__file__).parents[3] / "configs" / "local.yaml"
+    cfg = load_config(local, extra={"swarm.transport.type": "libp2p"})
+    assert cfg.swarm.transport.type == "libp2p"
+    assert cfg.swarm.transport.listen == ["/ip4/127.0.0.1/tcp/0"]  # shared keys kept
+    with pytest.raises(ConfigError, match="window_s"):  # a file that mixes both is still an error
+        load_config(overrides=["swarm.transport.type=libp2p", "swarm.transport.window_s=3"])
