@@ -2,6 +2,9 @@
 
     sapo run [--config PATH] [--run-dir DIR] [--rounds N] [--set dotted.key=value ...]
     sapo config [--config PATH] [--set ...]        print the resolved config and exit
+    sapo status [RUN_DIR | URL]                    one screen on a running or finished node
+    sapo report RUN_DIR... --out FILE.png          reward curves of one or more runs
+    sapo health [RUN_DIR] [--max-age S]            exit 0 if alive and training (for health checks)
 
 The config is parsed and checked before torch or transformers are imported, so ``--help`` and config
 errors answer in well under a second.
@@ -63,15 +66,16 @@ def run(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    from node.logs import node_log
     from node.runtime import Node
 
-    def log(msg: str) -> None:
-        console.print(msg, markup=False, soft_wrap=True)
-
+    log = node_log(cfg.logging)  # text: these console lines as before; json: one object per line
     log(f"sapo node | model {cfg.model.name} | tasks "
         + ", ".join(s.dataset for s in cfg.tasks.mix)
         + f" | G={cfg.generation.group_size} I={cfg.sapo.local_groups} J={cfg.sapo.external_groups}"
         + f" | run dir {run_dir} | rounds {cfg.rounds or 'until stopped (Ctrl-C saves and exits)'}")
+    log(f"watch it: sapo status {run_dir} | plot: sapo report {run_dir} --out reward.png"
+        + ("" if cfg.metrics.port is not None else " | Prometheus: --set metrics.port=0"))
     code = Node(cfg, run_dir, log=log).run()
     raise typer.Exit(code)
 
@@ -131,6 +135,90 @@ def bootstrap(
     from swarm.bootstrap import run_bootstrap
 
     raise typer.Exit(run_bootstrap(cfg, run_dir, log=lambda m: console.print(m, markup=False, soft_wrap=True)))
+
+
+@app.command()
+def simulate(
+    scenario: Path = typer.Option(..., "--scenario", help="Scenario YAML (see configs/sim/)."),
+    out: Path = typer.Option(..., "--out", help="Output dir: report.json, summary.md, rewards.png, nodes/."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Override the scenario's round budget."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Override the wall-clock budget (s)."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Show the live table."),
+) -> None:
+    """Run a swarm of real local `sapo run` processes from a scenario (churn, adversaries) and report."""
+    from swarm.sim.runner import Simulation
+    from swarm.sim.scenario import load_scenario
+
+    overrides = {k: v for k, v in {"rounds": rounds, "duration_s": duration}.items() if v is not None}
+    try:
+        sc = load_scenario(scenario, overrides)
+    except ConfigError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(2)
+    if out.exists() and any(out.iterdir()):
+        err_console.print(f"error: {out} is not empty; pick a new --out (runs there would be resumed)")
+        raise typer.Exit(2)
+    report = Simulation(sc, out, live=live, console=console).run()
+    t = report["totals"]
+    console.print(f"wrote {out / 'report.json'}, {out / 'summary.md'}; honest cumulative reward "
+                  f"{t['honest_cumulative_reward']:.1f}, rejected {t['honest_rejected']}, "
+                  f"crashed {t['crashed_nodes'] or 'none'}")
+    raise typer.Exit(1 if t["crashed_nodes"] else 0)
+
+
+@app.command()
+def status(
+    target: str = typer.Argument("runs/node", help="A run dir, or a node's metrics URL "
+                                 "(http://HOST:PORT/metrics)."),
+) -> None:
+    """One screen on a running or finished node: identity, peers, round, reward trend, rejections, checkpoint."""
+    from node.status import collect, collect_url, render
+
+    if target.startswith(("http://", "https://")):
+        try:
+            summary = collect_url(target)
+        except OSError as exc:
+            err_console.print(f"error: cannot read {target}: {exc}")
+            raise typer.Exit(1)
+    else:
+        if not Path(target).is_dir():
+            err_console.print(f"error: {target} is not a run dir; pass the --run-dir of `sapo run` or a metrics URL")
+            raise typer.Exit(1)
+        summary = collect(Path(target))
+    console.print(render(summary))
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run dirs."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated legend labels, one per run."),
+    title: Optional[str] = typer.Option(None, "--title", help="Figure title."),
+) -> None:
+    """Plot reward curves (moving average, raw faint) and cumulative reward of one or more runs into a PNG."""
+    from node.report import plot_runs
+
+    names = [x.strip() for x in labels.split(",")] if labels else None
+    try:
+        path = plot_runs(run_dirs, out, labels=names, title=title)
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(1)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def health(
+    run_dir: Path = typer.Argument(Path("runs/node"), help="The node's run dir."),
+    max_age: float = typer.Option(300.0, "--max-age", help="Unhealthy when no round finished for this many "
+                                  "seconds."),
+) -> None:
+    """Exit 0 if the node's process is alive and finished a round within --max-age seconds, else 1 (says why)."""
+    from node.status import health as check
+
+    ok, line = check(run_dir, max_age)
+    (console if ok else err_console).print(line, markup=False)
+    raise typer.Exit(0 if ok else 1)
 
 
 @app.command("config")

@@ -157,6 +157,9 @@ class SapoConfig(Section):
     """I: the node's own rollout groups per training batch."""
     external_groups: int = Field(4, ge=0)
     """J: groups sampled from peers per training batch (topped up from local groups when too few arrive)."""
+    external_advantages: Literal["all", "positive"] = "all"
+    """``positive``: learn only from peers' better-than-average completions (negative advantages of
+    external groups are zeroed); ``all``: plain GRPO on external groups too."""
 
     @model_validator(mode="after")
     def _non_empty(self) -> "SapoConfig":
@@ -231,6 +234,9 @@ class AdmissionConfig(Section):
     max_completion_chars: int = Field(16_384, ge=1)
     allowed_datasets: list[str] | None = None
     """``source/dataset`` names accepted from peers; ``None`` = the datasets of this node's own task mix."""
+    reject_false_claims: bool = True
+    """Reject a group whose sender's reward claims differ from this node's own re-scoring (a lying or
+    broken peer; honest peers run the same verifier). Off: claims are ignored either way."""
     foreign_task_configs: bool = False
     """Accept dataset configs (difficulty knobs) that differ from this node's own mix entries. Off: a peer
     cannot make this node generate arbitrary, possibly very expensive dataset variants."""
@@ -289,6 +295,15 @@ class LoggingConfig(Section):
     """Also append log lines to this file (``None``: console only)."""
 
 
+class AdversaryConfig(Section):
+    role: Literal["none", "poisoner", "forger", "replayer", "flooder", "garbage"] = "none"
+    """Test-only hostile behaviour for the simulation harness (swarm/sim/adversary.py). ``none`` for real
+    nodes. poisoner: wrong completions claiming reward 1.0; forger: envelopes signed with the wrong key /
+    claiming another peer's key; replayer: re-sends peers' envelopes; flooder: ``flood_factor`` x the normal
+    rate; garbage: random and oversize payloads."""
+    flood_factor: int = Field(10, ge=1)
+
+
 class RuntimeConfig(Section):
     mode: Literal["sync"] = "sync"
     """``sync``: generate, reward, train in turn. (The async pipeline comes later.)"""
@@ -312,6 +327,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    adversary: AdversaryConfig = AdversaryConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="before")
@@ -331,14 +347,14 @@ class Config(Section):
 # Loading, overrides, error messages
 
 
-def _format_validation_error(exc: ValidationError, origin: str) -> str:
+def _format_validation_error(exc: ValidationError, origin: str, root: type[BaseModel] | None = None) -> str:
     lines = [f"invalid config ({origin}):"]
     for err in exc.errors():
         loc = _loc(err["loc"]) or "<top level>"
         kind = err["type"]
         if kind == "extra_forbidden":
             parent = _loc(err["loc"][:-1])
-            known = _known_keys(err["loc"][:-1])
+            known = _known_keys(err["loc"][:-1], root or Config)
             hint = f"remove it, or use one of: {', '.join(known)}" if known else "remove it"
             lines.append(f"  {loc}: unknown key{' in ' + parent if parent else ''}; {hint}")
             continue
@@ -356,8 +372,8 @@ def _loc(parts: tuple) -> str:
     return out
 
 
-def _known_keys(path: tuple) -> list[str]:
-    model: Any = Config
+def _known_keys(path: tuple, root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in path:
         if isinstance(part, int):
             continue

@@ -24,6 +24,7 @@ import torch
 
 from node.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from node.config import Config, dump_config
+from node.logs import set_context as set_log_context
 from node.metrics import MetricsLog, progress_line
 from node.rollout import RolloutGroup
 from node.tasks import TaskMix, resolve, score
@@ -42,6 +43,7 @@ class Node:
         self.exchange = exchange
         self._stop = False
         self._signals = 0
+        self.observer = None  # node/observe.py: log context, Prometheus endpoint, node.json
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -60,7 +62,8 @@ class Node:
         self.prompt_text = prompt_text
         self.generator = make_generator(cfg.generation, self.model, self.tokenizer, cfg.train.precision)
         self.trainer = Trainer(self.model, self.tokenizer, cfg.train, cfg.generation.temperature,
-                               cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens)
+                               cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens,
+                               external_positive_only=cfg.sapo.external_advantages == "positive")
         self.mix = TaskMix(cfg.tasks.mix, cfg.task_seed)
         if self.exchange is None:
             self.exchange = self._make_exchange()
@@ -73,6 +76,9 @@ class Node:
             self.trainer.steps = int(state.get("trainer_steps", state["round"]))
             self.metrics.truncate_after(int(state["round"]))
             self.log(f"resumed from {ckpt} at round {self.start_round}")
+        from node.observe import NodeObserver
+
+        self.observer = NodeObserver(cfg, self.run_dir, self.exchange, log=self.log)
 
     def _make_exchange(self):
         cfg = self.cfg
@@ -87,6 +93,7 @@ class Node:
 
         key_path = identity_path(cfg.swarm, self.run_dir)
         identity, created = load_or_create(key_path)
+        set_log_context(self.log, peer_id=identity.peer_id)
         self.log(f"identity {identity.peer_id} ({'new key' if created else 'key'} at {key_path})")
         transport = make_transport(cfg.swarm, identity)
         transport.start()
@@ -97,8 +104,15 @@ class Node:
                 prompt_for=lambda task: self.prompt_text(self.tokenizer, task.question, cfg.tasks.system_prompt),
                 own_configs=self.mix.own_configs(),
             )
-            exchange = SwarmExchange(cfg.swarm, identity, transport, admission, ExternalPool(cfg.swarm.pool),
-                                     seed=cfg.seed, log=self.log)
+            args = (cfg.swarm, identity, transport, admission, ExternalPool(cfg.swarm.pool))
+            if cfg.adversary.role != "none":  # test-only hostile variant for the simulation harness
+                from swarm.sim.adversary import HostileExchange
+
+                exchange = HostileExchange(*args, seed=cfg.seed, log=self.log, role=cfg.adversary.role,
+                                           flood_factor=cfg.adversary.flood_factor)
+                self.log(f"ADVERSARY: this node plays '{cfg.adversary.role}' (test-only)")
+            else:
+                exchange = SwarmExchange(*args, seed=cfg.seed, log=self.log)
         except BaseException:
             transport.stop()
             raise
@@ -199,19 +213,25 @@ class Node:
                 self.log(f"run already reached round {cfg.rounds}; raise --rounds to train further")
                 return 0
             while not self._stop and (cfg.rounds is None or r <= cfg.rounds):
+                self.observer.round_started(r)
                 row = self.run_round(r)
                 self.metrics.append(row)
+                self.observer.update(row)
                 if r % cfg.metrics.log_every == 0 or r == cfg.rounds:
                     self.log(progress_line(row))
                 if r % cfg.checkpoint.every_rounds == 0:
                     self.save(r)
+                    self.observer.checkpoint_saved(r)
                     last_saved = r
                 r += 1
             if r - 1 > last_saved:
                 path = self.save(r - 1)
+                self.observer.checkpoint_saved(r - 1)
                 self.log(f"saved {path}")
             return 0
         finally:
+            if self.observer is not None:
+                self.observer.close()
             if self.exchange is not None:
                 self.exchange.close()
             for s, h in old.items():

@@ -28,7 +28,9 @@ replay window):
     ``config_not_allowed`` the dataset config is not one of this node's own (unless
                        ``admission.foreign_task_configs``): a peer cannot make us generate arbitrary variants
 14. ``task_underivable`` the task reference cannot be regenerated (non-canonical config JSON included)
-15. re-score: every completion is scored locally; the sender's ``reward_claims`` are never used.
+15. re-score: every completion is scored locally; the sender's ``reward_claims`` are never used as
+    rewards. ``false_claims``: claims present and different from the local scores (unless
+    ``admission.reject_false_claims`` is off): a lying (poisoning) or broken peer.
 Anything unexpected inside ``admit`` is caught and counted as ``internal_error`` (logged at WARNING).
 
 Seen (signer, seq) and digests are recorded once an envelope has passed the signature and freshness checks,
@@ -220,6 +222,9 @@ class Admission:
             raise _Reject("task_underivable", f"{type(exc).__name__}: {exc}"[:300], signer) from None
 
         rewards = [float(score(task, text)) for text in env.completions]
+        if cfg.reject_false_claims and env.reward_claims and any(
+                abs(float(c) - r) > 1e-6 for c, r in zip(env.reward_claims, rewards)):
+            raise _Reject("false_claims", f"claimed {list(env.reward_claims)[:8]} vs re-scored {rewards[:8]}", signer)
         group = RolloutGroup(
             task=task,
             prompt=self.prompt_for(task),

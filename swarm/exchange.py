@@ -47,6 +47,8 @@ class SwarmExchange:
     never reuses a sequence number its peers have already seen (admission rejects replays by (signer, seq)).
     """
 
+    MAX_ORIGINS = 64
+
     def __init__(self, swarm_cfg, identity, transport, admission, pool, seed: int, log=print):
         import time
 
@@ -62,6 +64,9 @@ class SwarmExchange:
         self.publish_errors = 0
         self.publish_skipped = 0
         self.publish_no_signal = 0
+        self.admitted_from: dict[str, int] = {}
+        self.transport_errors = 0
+        self._peers = 0
         self._clock = time.monotonic
         self._tokens = float(swarm_cfg.publish_burst)
         self._refilled = self._clock()
@@ -97,14 +102,34 @@ class SwarmExchange:
                 self.publish_errors += 1
                 self.log(f"publish failed ({type(exc).__name__}: {exc}); training goes on")
 
+    def _incoming(self) -> list:
+        # A busy or broken transport must not stop training: count it, train on what the pool has.
+        from swarm.transport.base import TransportError
+
+        try:
+            return self.transport.incoming()
+        except TransportError as exc:
+            self.transport_errors += 1
+            self.log(f"transport receive failed ({exc}); training goes on")
+            return []
+
     def drain(self) -> int:
         """Admit everything that arrived; returns how many groups entered the pool."""
         added = 0
-        for item in self.transport.incoming():
+        for item in self._incoming():
             group = self.admission.admit(item.payload, item.sender)
-            if group is not None and self.pool.add(group):
-                added += 1
+            if group is not None:
+                self._count_origin(group.origin)
+                if self.pool.add(group):
+                    added += 1
         return added
+
+    def _count_origin(self, peer: str) -> None:
+        # Bounded: at most MAX_ORIGINS peers are itemised (the rest are summed under "other").
+        if peer in self.admitted_from or len(self.admitted_from) < self.MAX_ORIGINS:
+            self.admitted_from[peer] = self.admitted_from.get(peer, 0) + 1
+        else:
+            self.admitted_from["other"] = self.admitted_from.get("other", 0) + 1
 
     def sample(self, n: int, round_idx: int) -> list[RolloutGroup]:
         import random
@@ -115,18 +140,26 @@ class SwarmExchange:
         return self.pool.sample(n, random.Random(derive_seed(self.seed, "external", round_idx)))
 
     def stats(self) -> dict:
+        from swarm.transport.base import TransportError
+
         a = self.admission.stats()
         t = self.transport.stats()
+        try:
+            self._peers = len(self.transport.peers())
+        except TransportError:  # keep the last known count; a slow transport must not stop training
+            self.transport_errors += 1
         return {
             "admitted": a["admitted"],
             "rejected": dict(sorted(a["rejected"].items())),
-            "peers": len(self.transport.peers()),
+            "peers": self._peers,
+            "transport_errors": self.transport_errors,
             "bytes_in": t.bytes_in,
             "bytes_out": t.bytes_out,
             "published": self.published,
             "publish_errors": self.publish_errors,
             "publish_skipped": self.publish_skipped,
             "publish_no_signal": self.publish_no_signal,
+            "admitted_from": dict(self.admitted_from),
             **self.pool.stats(),
         }
 

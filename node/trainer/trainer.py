@@ -29,13 +29,14 @@ class Sequence:
 
 class Trainer:
     def __init__(self, model, tokenizer, cfg, temperature: float, max_prompt_tokens: int,
-                 max_new_tokens: int):
+                 max_new_tokens: int, external_positive_only: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.temperature = temperature
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
+        self.external_positive_only = external_positive_only
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
@@ -55,6 +56,8 @@ class Trainer:
         for g in groups:
             adv = group_advantages(torch.tensor([g.rewards], dtype=torch.float64),
                                    scale=self.cfg.scale_rewards)[0].tolist()
+            if self.external_positive_only and not g.is_local:
+                adv = [max(0.0, a) for a in adv]
             # Same tokenisation and left truncation as the generator's, so local token ids line up.
             prompt_ids = self.tokenizer(g.prompt, add_special_tokens=False)["input_ids"][-self.max_prompt_tokens:]
             for c, a in zip(g.completions, adv):

@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BACKENDS = ("hivemind",)
+BACKENDS = ("hivemind", "libp2p")
 
 
 def make_transport(backend: str, swarm_id: str, peers: list[str], listen: list[str] | None = None,
-                   poll_interval_s: float | None = None, push_hints: bool = True, inline_max_bytes: int | None = None):
+                   poll_interval_s: float | None = None, push_hints: bool = True, inline_max_bytes: int | None = None,
+                   mdns: bool = False, dht: bool = True):
     """The one place that knows how to build each backend."""
     from swarm.identity import Identity
 
@@ -48,6 +49,13 @@ def make_transport(backend: str, swarm_id: str, peers: list[str], listen: list[s
             cfg = cfg.model_copy(update={"poll_interval_s": poll_interval_s})
         kw = {} if inline_max_bytes is None else {"inline_max_bytes": inline_max_bytes}
         return HivemindTransport(cfg, Identity.generate(), swarm_id, peers, push_hints=push_hints, **kw)
+    if backend == "libp2p":
+        from node.config import Libp2pTransportConfig
+        from swarm.transport.libp2p import Libp2pTransport
+
+        # mDNS is off unless asked for: every test swarm on this machine would otherwise find every other one.
+        cfg = Libp2pTransportConfig(mdns=mdns, dht=dht, **({"listen": listen} if listen else {}))
+        return Libp2pTransport(cfg, Identity.generate(), swarm_id, peers)
     raise ValueError(f"unknown transport backend {backend!r}; choose one of {BACKENDS}")
 
 
@@ -75,6 +83,8 @@ def _child(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-interval", type=float, default=None)
     ap.add_argument("--no-hints", action="store_true", help="hivemind: poll only, no pushed index hints")
     ap.add_argument("--inline-max", type=int, default=None, help="hivemind: largest body pushed inside a hint")
+    ap.add_argument("--mdns", action="store_true", help="libp2p: discover peers on this machine/LAN by mDNS")
+    ap.add_argument("--no-dht", action="store_true", help="libp2p: no Kademlia DHT discovery")
     args = ap.parse_args(argv)
 
     def on_sigterm(signum, frame):  # unwind through the finally below so that p2pd (our child) is stopped too
@@ -91,7 +101,8 @@ def _child(argv: list[str] | None = None) -> int:
     from swarm.transport.base import TransportError
 
     transport = make_transport(args.backend, args.swarm_id, args.peers, args.listen, args.poll_interval,
-                               push_hints=not args.no_hints, inline_max_bytes=args.inline_max)
+                               push_hints=not args.no_hints, inline_max_bytes=args.inline_max,
+                               mdns=args.mdns, dht=not args.no_dht)
     try:
         transport.start()
     except TransportError as e:

@@ -18,7 +18,7 @@ from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
-BACKENDS = ["hivemind", "hivemind-poll"]
+BACKENDS = ["hivemind", "hivemind-poll", "libp2p"]
 SIZES = [1024, 65536, 262144, 1048576]
 
 
@@ -26,7 +26,8 @@ def _factory(name: str) -> tuple[str, list[str]]:
     """(backend, extra peer_process args) for a suite variant; skip it when its library is not installed.
 
     "hivemind-poll" switches off the pushed hints so that delivery rests on DHT polling alone."""
-    backend, extra = {"hivemind": ("hivemind", []), "hivemind-poll": ("hivemind", ["--no-hints"])}[name]
+    backend, extra = {"hivemind": ("hivemind", []), "hivemind-poll": ("hivemind", ["--no-hints"]),
+                      "libp2p": ("libp2p", [])}[name]
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     return backend, extra

@@ -92,3 +92,13 @@ def test_multiple_epochs_report_clipping(tiny):
     trainer = Trainer(model, tok, TrainConfig(lr=5e-2, epochs_per_round=4), 1.0, 64, 16)
     stats = trainer.step(_groups())
     assert stats["clip_low_frac"] + stats["clip_high_frac"] > 0
+
+
+def test_external_positive_only_zeroes_negative_external_advantages(tiny):
+    model, tok = tiny
+    trainer = Trainer(model, tok, TrainConfig(), 1.0, 64, 16, external_positive_only=True)
+    local, external = _groups()
+    advs_local = [s.advantage for s in trainer.sequences([local])]
+    advs_ext = [s.advantage for s in trainer.sequences([external])]
+    assert min(advs_local) < 0  # local groups keep plain GRPO advantages
+    assert min(advs_ext) == 0.0 and max(advs_ext) > 0

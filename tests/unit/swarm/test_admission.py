@@ -37,7 +37,11 @@ class FakeClock:
 
 def make_admission(cfg: AdmissionConfig | None = None, own: str | None = None, clock: FakeClock | None = None,
                    allowed=ALLOWED, prompt=prompt_for) -> Admission:
-    return Admission(cfg or AdmissionConfig(), SWARM, own or Identity.generate().peer_id, set(allowed), prompt,
+    # Most tests craft groups whose claimed rewards are arbitrary; the false-claims check has its own tests.
+    cfg = cfg or AdmissionConfig()
+    if "reject_false_claims" not in cfg.model_fields_set:
+        cfg = cfg.model_copy(update={"reject_false_claims": False})
+    return Admission(cfg, SWARM, own or Identity.generate().peer_id, set(allowed), prompt,
                      clock=clock or FakeClock())
 
 
@@ -350,7 +354,7 @@ def test_random_wrapped_bodies_never_admitted(body, sig):
 
 
 _MUT_IDENT = Identity.generate()
-_MUT_ADMISSION = make_admission(AdmissionConfig(burst_per_peer=64, rate_per_peer=1e6))
+_MUT_ADMISSION = make_admission(AdmissionConfig(burst_per_peer=64, rate_per_peer=1e6, reject_false_claims=False))
 _MUT_PAYLOAD = payload(_MUT_IDENT, seq=1)
 _MUT_RAW = zstandard.ZstdDecompressor().decompress(_MUT_PAYLOAD)
 assert _MUT_ADMISSION.admit(_MUT_PAYLOAD) is not None
@@ -432,7 +436,7 @@ def test_foreign_task_config_rejected_unless_enabled():
 
     def payload(conf, seq):
         task = resolve(TaskRef.make("reasoning_gym", "basic_arithmetic", conf, 1, seq))
-        g = RolloutGroup(task=task, prompt="", rewards=[0.0, 1.0],
+        g = RolloutGroup(task=task, prompt="", rewards=[],
                          completions=[Completion(text="<answer>1</answer>"), Completion(text="x")])
         return encode(envelope_from_group(g, "s", peer, seq), peer)
 
@@ -445,3 +449,16 @@ def test_foreign_task_config_rejected_unless_enabled():
     loose = Admission(AdmissionConfig(foreign_task_configs=True), "s", "me",
                       {("reasoning_gym", "basic_arithmetic")}, prompt_for=lambda t: t.question, own_configs=own)
     assert loose.admit(payload(theirs, 3)) is not None
+
+
+def test_false_reward_claims_rejected_by_default():
+    ident = Identity.generate()
+    a = make_admission(AdmissionConfig(reject_false_claims=True))
+    g = make_group(3)
+    right = f"<answer>{g.task.answer}</answer>"
+    lying = make_group(3, texts=[right, "<answer>nope</answer>"], rewards=[1.0, 1.0])
+    assert reject_reason(a, payload(ident, seq=1, group=lying), ident.peer_id) == "false_claims"
+    honest = make_group(3, texts=[right, "<answer>nope</answer>"], rewards=[1.0, 0.0])
+    assert a.admit(payload(ident, seq=2, group=honest), ident.peer_id) is not None
+    no_claims = make_group(3, texts=[right, "<answer>nope</answer>"], rewards=[])
+    assert a.admit(payload(ident, seq=3, group=no_claims), ident.peer_id) is not None
