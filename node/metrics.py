@@ -13,20 +13,26 @@ import os
 from pathlib import Path
 
 
+def read_rows(run_dir: Path) -> list[dict]:
+    """The rows of ``RUN_DIR/metrics.jsonl`` (skipping a line torn by a crash mid-write)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a crash mid-write
-        return out
+        return read_rows(self.path.parent)
 
     def truncate_after(self, round_idx: int) -> None:
         """Drop rows of rounds after ``round_idx`` (they are redone after a resume); atomic rewrite."""

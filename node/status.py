@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from node.observe import last_checkpoint, read_node_json
+from node.metrics import read_rows
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -54,19 +55,6 @@ def pid_alive(pid, started_at: float | None = None) -> bool:
         if began is not None and began > started_at + 2.0:  # btime has 1 s resolution
             return False
     return True
-
-
-def read_rows(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def last_row(run_dir: Path) -> dict | None:

@@ -183,7 +183,7 @@ def make_transport(swarm_cfg, identity):
     raise ValueError(f"swarm.transport.type: unknown transport {kind!r}; use hivemind or libp2p")
 
 
-def identity_path(swarm_cfg, run_dir) -> "Path":
+def identity_path(swarm_cfg, run_dir):
     from pathlib import Path
 
     return Path(swarm_cfg.identity_path).expanduser() if swarm_cfg.identity_path else Path(run_dir) / "identity.key"

@@ -109,7 +109,8 @@ class HostileExchange(SwarmExchange):
         now = time.monotonic()
         dt = now - getattr(self, "_last_flood", now - 1.0)
         self._last_flood = now
-        n = min(2000, max(1, math.ceil(self.flood_factor * self.cfg.publish_per_minute / 60.0 * dt)))
+        # capped per round: flooding slows its own rounds, and an uncapped catch-up would spiral
+        n = min(25 * 8, max(1, math.ceil(self.flood_factor * self.cfg.publish_per_minute / 60.0 * dt)))
         for k in range(n):
             g = groups[k % len(groups)]
             self._send("flood", encode(envelope_from_group(g, self.cfg.swarm_id, self.identity,

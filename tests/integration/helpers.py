@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from node.metrics import read_rows
 
 # Tests need no learning, only a real model: a 20-step warm start builds in about a second.
 FAST = ["--set", "model.warm_start_steps=20", "--set", "threads=1"]
@@ -31,16 +32,7 @@ def start_sapo(*args: str, log: Path) -> subprocess.Popen:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
-    return rows
+    return read_rows(run_dir)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
