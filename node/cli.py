@@ -40,6 +40,11 @@ def _load(config: Optional[Path], sets: Optional[list[str]], extra: dict | None 
         raise typer.Exit(2)
 
 
+def _csv(text: str) -> list[str]:
+    """``a, b,,c`` -> ``["a", "b", "c"]`` (comma-separated multiaddr options)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 @app.command()
 def run(
     config: Optional[Path] = ConfigOpt,
@@ -57,7 +62,7 @@ def run(
     if rounds is not None:
         extra["rounds"] = rounds
     if peers:
-        extra["swarm.initial_peers"] = [p.strip() for p in peers.split(",") if p.strip()]
+        extra["swarm.initial_peers"] = _csv(peers)
     if transport:
         extra["swarm.transport.type"] = transport
     cfg = _load(config, sets, extra)
@@ -128,9 +133,9 @@ def bootstrap(
     """Run a lightweight peer that trains nothing and helps others find each other (a DHT node)."""
     extra: dict = {}
     if listen:
-        extra["swarm.transport.listen"] = [a.strip() for a in listen.split(",") if a.strip()]
+        extra["swarm.transport.listen"] = _csv(listen)
     if peers:
-        extra["swarm.initial_peers"] = [p.strip() for p in peers.split(",") if p.strip()]
+        extra["swarm.initial_peers"] = _csv(peers)
     cfg = _load(config, sets, extra)
     from swarm.bootstrap import run_bootstrap
 
