@@ -128,15 +128,26 @@ def bootstrap(
     listen: Optional[str] = typer.Option(None, "--listen", help="Listen multiaddrs, comma-separated "
                                          "(swarm.transport.listen), e.g. /ip4/0.0.0.0/tcp/31337."),
     peers: Optional[str] = typer.Option(None, "--peers", "-p", help="Other bootstrap peers to connect to."),
+    transport: Optional[str] = typer.Option(None, "--transport", help="Transport backend (swarm.transport.type)."),
+    relay: bool = typer.Option(False, "--relay", help="Also act as a circuit relay v2 for nodes behind NAT "
+                               "(swarm.transport.relay.hop; libp2p transport only)."),
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Run a lightweight peer that trains nothing and helps others find each other (a DHT node)."""
+    """Run a lightweight peer that trains nothing and helps others find each other (a DHT node), and with
+    --relay relays connections to nodes behind NAT."""
     extra: dict = {}
+    if transport:
+        extra["swarm.transport.type"] = transport
     if listen:
         extra["swarm.transport.listen"] = _csv(listen)
     if peers:
         extra["swarm.initial_peers"] = _csv(peers)
     cfg = _load(config, sets, extra)
+    if relay:
+        if cfg.swarm.transport.type != "libp2p":
+            err_console.print("error: --relay needs the libp2p transport (circuit relay v2); add --transport libp2p")
+            raise typer.Exit(2)
+        cfg = _load(config, sets, {**extra, "swarm.transport.relay.hop": True})
     from swarm.bootstrap import run_bootstrap
 
     raise typer.Exit(run_bootstrap(cfg, run_dir, log=lambda m: console.print(m, markup=False, soft_wrap=True)))

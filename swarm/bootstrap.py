@@ -1,5 +1,9 @@
 """``sapo bootstrap``: a peer that trains nothing. It keeps a DHT node up so that others can join through a
-stable address, stores and serves records like any peer, and drops the payloads it receives."""
+stable address, stores and serves records like any peer, and drops the payloads it receives.
+
+With the libp2p transport it also forwards gossip like any mesh member, and with ``--relay``
+(``swarm.transport.relay.hop``) it is a circuit relay v2: nodes behind NAT reserve a slot on it and are reached
+through ``<this address>/p2p-circuit/p2p/<their id>``."""
 
 from __future__ import annotations
 
@@ -19,9 +23,15 @@ def run_bootstrap(cfg, run_dir: Path, log=print) -> int:
     try:
         transport.start()
         info = write_node_json(run_dir, identity, transport, cfg.swarm, role="bootstrap")
-        log(f"bootstrap peer {identity.peer_id} for swarm '{cfg.swarm.swarm_id}' ({cfg.swarm.transport.type})")
+        t = cfg.swarm.transport
+        hop = t.type == "libp2p" and t.relay.hop
+        log(f"bootstrap peer {identity.peer_id} for swarm '{cfg.swarm.swarm_id}' ({t.type}"
+            + (", circuit relay v2" if hop else "") + ")")
+        flag = " --transport libp2p" if t.type == "libp2p" else ""
         for addr in info["addrs"]:
-            log(f"  nodes join with: sapo run --peers {addr}")
+            log(f"  nodes join with: sapo run{flag} --peers {addr}")
+            if hop:
+                log(f"  behind NAT:      sapo run{flag} --peers {addr} --set swarm.transport.relay.enabled=true")
         last = -1
         while not stop.wait(5.0):
             transport.incoming()  # drained and dropped: memory stays bounded

@@ -27,13 +27,19 @@ How it works
   the peers it announces are dialled by a periodic task) and a Kademlia DHT in server mode with random walk
   (``cfg.dht``) whose routing-table peers are dialled too, so the mesh grows beyond the bootstrap list.
 
-Limits: no relay / NAT traversal (``cfg.relay`` is refused when enabled); QUIC listen addresses are passed to
-py-libp2p as they are. hivemind and py-libp2p cannot be imported in one process (both register the protobuf
-package ``crypto.pb``): a node uses one backend.
+* Relay (``libp2p_relay``): ``cfg.relay.hop`` makes this host a circuit relay v2 for others (``sapo bootstrap
+  --relay``); ``cfg.relay.enabled`` reserves a slot on the relays (``relay.relays``, else the initial peers that
+  accept), adds ``<relay>/p2p-circuit/p2p/<me>`` to ``addresses()`` and to what identify announces, and dials peers
+  that have only circuit addresses (given in ``initial_peers`` or learnt from the DHT) through their relay.
+* QUIC: ``/ip4/.../udp/N/quic-v1`` listen addresses turn on py-libp2p's QUIC transport (TCP and QUIC may be mixed).
+
+Limits: no hole punching (DCUtR), so two NATed peers stay on the relayed path. hivemind and py-libp2p cannot be
+imported in one process (both register the protobuf package ``crypto.pb``): a node uses one backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -56,6 +62,7 @@ from node.config import Libp2pTransportConfig  # noqa: E402
 from swarm.identity import Identity  # noqa: E402
 from swarm.transport.base import BootstrapError, Received, Transport, TransportError, TransportStats  # noqa: E402
 from swarm.transport.libp2p_frames import MAX_PAYLOAD_BYTES, FrameError, Reassembler, split  # noqa: E402
+from swarm.transport.libp2p_relay import RelayPart, is_circuit, patch_host_addrs  # noqa: E402
 
 log = logging.getLogger(__name__)
 if "LIBP2P_LOGLEVEL" not in os.environ:
@@ -133,9 +140,13 @@ def _first_transport_error(e: BaseException) -> TransportError | None:
 
 class Libp2pTransport(Transport):
     def __init__(self, cfg: Libp2pTransportConfig, identity: Identity, swarm_id: str, initial_peers: list[str]):
-        if cfg.relay.enabled or cfg.relay.hop:
-            raise TransportError("swarm.transport.relay: circuit relay is not implemented for the libp2p backend "
-                                 "yet; set relay.enabled: false and relay.hop: false (or use the hivemind backend)")
+        if cfg.relay.enabled and not (cfg.relay.relays or initial_peers):
+            raise TransportError("swarm.transport.relay.enabled needs a relay to reserve a slot on: set "
+                                 "swarm.transport.relay.relays (or --peers) to a `sapo bootstrap --transport libp2p "
+                                 "--relay` address")
+        if any(is_circuit(a) for a in initial_peers) and not cfg.relay.enabled:
+            raise TransportError("a /p2p-circuit address in initial peers is dialled through its relay: set "
+                                 "swarm.transport.relay.enabled: true")
         self.cfg = cfg
         self.identity = identity
         self.swarm_id = swarm_id
@@ -150,6 +161,7 @@ class Libp2pTransport(Transport):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._addresses: list[str] = []
+        self._relay_addresses: list[str] = []
         self._started = False
         self._stopped = False
 
@@ -157,6 +169,7 @@ class Libp2pTransport(Transport):
         self._host = None
         self._pubsub: _GuardedPubsub | None = None
         self._dht = None
+        self._relay: RelayPart | None = None
         self._stop_event: trio.Event | None = None
         self._out_send = None
         self._penalised: dict[ID, float] = {}
@@ -210,7 +223,8 @@ class Libp2pTransport(Transport):
             return []
 
     def addresses(self) -> list[str]:
-        return list(self._addresses)
+        """Direct listen addresses, then ``/p2p-circuit`` addresses through the relays that hold a reservation."""
+        return list(self._addresses) + list(self._relay_addresses)
 
     def stats(self) -> TransportStats:
         with self._lock:
@@ -261,6 +275,9 @@ class Libp2pTransport(Transport):
     def _bootstrap_infos(self):
         infos = []
         for addr in self.initial_peers:
+            if is_circuit(addr):  # dialled through its relay in _connect_bootstrap
+                infos.append((addr, None))
+                continue
             try:
                 infos.append((addr, info_from_p2p_addr(multiaddr.Multiaddr(addr))))
             except Exception as e:
@@ -286,24 +303,41 @@ class Libp2pTransport(Transport):
                            spam_protection_enabled=False,
                            # all peers of a local swarm share 127.0.0.1: IP-diversity pruning would starve it.
                            eclipse_protection_enabled=False)
+        if self.cfg.relay.enabled or self.cfg.relay.hop:
+            try:
+                self._relay = RelayPart(host, self.cfg.relay, self.cfg.relay.relays or self.initial_peers,
+                                        self._count_error)
+            except ValueError as e:
+                raise TransportError(f"swarm.transport.relay.relays: {e}") from e
+            if self.cfg.relay.enabled:
+                patch_host_addrs(host, self._relay.addresses)  # identify announces our circuit addresses too
         pubsub = _GuardedPubsub(host, router, strict_signing=True, max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES)
         pubsub.on_bad_peer = self._penalise
         pubsub.on_message = self._on_message
         self._host, self._pubsub, self._my_id = host, pubsub, host.get_id().to_bytes()
         out_send, out_recv = trio.open_memory_channel(64)
         self._out_send = out_send
-        async with host.run(listen), background_trio_service(pubsub), background_trio_service(router):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run(listen))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            if self._relay is not None:
+                await stack.enter_async_context(background_trio_service(self._relay.protocol))
             await pubsub.wait_until_ready()
             await pubsub.subscribe(self.topic)
+            self._addresses = [str(a) for a in host.get_addrs() if not is_circuit(a)]
+            if self.cfg.relay.enabled:
+                await self._reserve_relays()
             if infos:
                 await self._connect_bootstrap(infos)
             dht_cm = self._dht_service() if self.cfg.dht else None
-            self._addresses = [str(a) for a in host.get_addrs()]
             async with trio.open_nursery() as nursery:
                 if dht_cm is not None:
                     await nursery.start(self._run_dht)
                 nursery.start_soon(self._send_loop, out_recv)
                 nursery.start_soon(self._maintenance_loop)
+                if self.cfg.relay.enabled:
+                    nursery.start_soon(self._relay.keep_reservations)
                 self._ready.set()
                 await self._stop_event.wait()
                 nursery.cancel_scope.cancel()
@@ -314,6 +348,12 @@ class Libp2pTransport(Transport):
 
         async def dial(addr, info):
             nonlocal ok
+            if info is None:  # a /p2p-circuit address: through its relay
+                if await self._relay.dial(addr):
+                    ok += 1
+                else:
+                    failed.append(f"{addr} (no circuit through the relay: is the peer's reservation live?)")
+                return
             with trio.move_on_after(CONNECT_TIMEOUT_S):
                 try:
                     await self._host.connect(info)
@@ -329,6 +369,17 @@ class Libp2pTransport(Transport):
                 n.start_soon(dial, addr, info)
         if not ok:
             raise BootstrapError(f"none of the initial peers could be reached: {'; '.join(failed)}")
+
+    async def _reserve_relays(self) -> None:
+        """Reserve a slot on the relays before reporting ready, so ``addresses()`` already has circuit addresses.
+        With ``relay.relays`` set, none reserving is an error; with relays taken from the initial peers, those
+        that run no relay are skipped and none reserving is an error too."""
+        n = await self._relay.reserve_all()
+        self._relay_addresses = self._relay.addresses()
+        if n == 0:
+            detail = "; ".join(f"{a} ({why})" for a, why in self._relay.failures.items()) or "no relay candidates"
+            raise BootstrapError(f"no relay reservation: {detail}. Start a relay with `sapo bootstrap --transport "
+                                 "libp2p --relay` and pass its address in swarm.transport.relay.relays or --peers")
 
     def _dht_service(self):
         try:
@@ -415,6 +466,8 @@ class Libp2pTransport(Transport):
                 if until < now:
                     del self._penalised[peer]
                     self._pubsub.remove_from_blacklist(peer)
+            if self._relay is not None and self.cfg.relay.enabled:
+                self._relay_addresses = self._relay.addresses()
             try:
                 await self._dial_discovered()
             except Exception as e:  # noqa: BLE001 - discovery is best effort
@@ -445,8 +498,12 @@ class Libp2pTransport(Transport):
             with trio.move_on_after(CONNECT_TIMEOUT_S):
                 try:
                     await self._host.connect(store.peer_info(pid))
+                    return
                 except Exception as e:  # noqa: BLE001 - an unreachable announcement is normal
                     log.debug("dial %s failed: %r", pid, e)
+            if self._relay is not None and self.cfg.relay.enabled:
+                # Behind NAT (or we are): the peer's direct addresses failed; try its /p2p-circuit ones.
+                await self._relay.dial_peer(pid)
 
         async with trio.open_nursery() as n:
             for pid in todo[:MAX_DIALS_PER_ROUND]:
