@@ -114,9 +114,24 @@ class TasksConfig(Section):
     """Used with tokenizers that have a chat template; the embedded tokenizer uses a bare prompt."""
 
 
+class VllmConfig(Section):
+    gpu_memory_utilization: float = Field(0.35, gt=0, le=0.95)
+    """Fraction of GPU memory the colocated vLLM engine may take (weights + KV cache); the trainer uses the
+    rest. Lower it when the trainer runs out of memory."""
+    enable_sleep_mode: bool = True
+    """Let the engine sleep (free its KV cache and weights) while the trainer steps, in ``runtime.mode: sync``."""
+    enforce_eager: bool = False
+    """Disable vLLM's CUDA graphs (slower decoding, faster start, less memory)."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Context length of the engine; ``None`` = max_prompt_tokens + max_new_tokens."""
+
+
 class GenerationConfig(Section):
-    backend: Literal["hf"] = "hf"
-    """Generator backend: ``hf`` (transformers ``generate``). Later: ``fast-hf``, ``vllm``."""
+    backend: Literal["hf", "fast", "vllm"] = "hf"
+    """Generator backend: ``hf`` (transformers forward passes, dynamic KV cache: any device); ``fast``
+    (static KV cache, decode step captured in a CUDA graph, sampling on device; on a CPU it runs the same
+    static-cache loop without graphs); ``vllm`` (colocated vLLM engine, GPU only, needs
+    ``pip install 'sapo-swarm[vllm]'``)."""
     group_size: int = Field(8, ge=2)
     """G: completions sampled per question (GRPO needs at least 2 to compare)."""
     max_new_tokens: int = Field(24, ge=1)
@@ -128,6 +143,9 @@ class GenerationConfig(Section):
     """Sequences per generate call."""
     max_prompt_tokens: int = Field(1024, ge=8)
     """Longer prompts are truncated from the left."""
+    cuda_graphs: bool = True
+    """``fast`` backend: capture the decode step in a CUDA graph (CUDA only; ignored on a CPU)."""
+    vllm: VllmConfig = VllmConfig()
 
 
 class TrainConfig(Section):
@@ -150,6 +168,25 @@ class TrainConfig(Section):
     fp32 on CPU."""
     epochs_per_round: int = Field(1, ge=1)
     """Optimizer passes over a round's batch; with more than 1 the clipped ratio starts to bind."""
+    off_policy: Literal["tis", "mask", "none"] = "tis"
+    """Correction for the gap between the policy that sampled a local completion (behaviour logprobs
+    recorded by the generator: an older policy in ``runtime.mode: async``, or another numeric precision /
+    engine) and pi_old (the trainer's own forward pass). ``tis``: weight each token's loss by
+    ``min(pi_old / pi_behaviour, tis_cap)`` (truncated importance sampling); ``mask``: drop tokens whose
+    ratio leaves ``mask_band``; ``none``: ignore the gap. External groups carry no behaviour logprobs and
+    get weight 1 (the SAPO treatment: pi_old is the receiver's own policy)."""
+    tis_cap: float = Field(2.0, ge=1.0)
+    """C in ``min(pi_old / pi_behaviour, C)``."""
+    mask_band: tuple[float, float] = (0.5, 2.0)
+    """``off_policy: mask`` keeps a token when ``low <= pi_old / pi_behaviour <= high``."""
+
+    @model_validator(mode="after")
+    def _band_order(self) -> "TrainConfig":
+        low, high = self.mask_band
+        if not 0 < low <= 1.0 <= high:
+            raise ValueError(f"train.mask_band must satisfy 0 < low <= 1 <= high, got {list(self.mask_band)}; "
+                             "e.g. [0.5, 2.0]")
+        return self
 
 
 class SapoConfig(Section):
@@ -190,9 +227,12 @@ class HivemindTransportConfig(Section):
 
 class RelayConfig(Section):
     enabled: bool = False
-    """Reach and be reached through libp2p circuit relay v2 (for nodes behind NAT)."""
+    """Reach and be reached through libp2p circuit relay v2 (for nodes behind NAT): reserve a slot on the relays,
+    advertise ``<relay>/p2p-circuit/p2p/<me>``, dial peers through their relay when their direct addresses fail.
+    No hole punching: relayed peers stay relayed."""
     relays: list[str] = []
-    """Relay multiaddrs to reserve a slot on (e.g. a `sapo bootstrap` acting as relay)."""
+    """Relay multiaddrs to reserve a slot on (e.g. a `sapo bootstrap --transport libp2p --relay`); empty = the
+    initial peers that accept a reservation. With ``enabled``, none accepting stops the node with an error."""
     hop: bool = False
     """Act as a relay for others (what `sapo bootstrap --relay` turns on)."""
 
@@ -200,7 +240,7 @@ class RelayConfig(Section):
 class Libp2pTransportConfig(Section):
     type: Literal["libp2p"] = "libp2p"
     listen: list[str] = ["/ip4/127.0.0.1/tcp/0"]
-    """Multiaddrs to listen on (port 0 = any free port); QUIC addresses (``/udp/N/quic-v1``) where supported."""
+    """Multiaddrs to listen on (port 0 = any free port); QUIC (``/ip4/0.0.0.0/udp/N/quic-v1``) alone or beside TCP."""
     announce: list[str] = []
     mdns: bool = True
     """Find peers on the local network / machine with mDNS (zero-configuration local swarms)."""
@@ -222,6 +262,9 @@ class AdmissionConfig(Section):
     """Largest compressed envelope accepted."""
     max_decompressed_bytes: int = Field(4_194_304, ge=1024)
     """Largest envelope after decompression (guards against compression bombs)."""
+    max_compression_ratio: float = Field(256.0, ge=1)
+    """Beyond the first 256 KiB, a payload may decompress to at most this many times its compressed size: a
+    ~150-byte payload that expands to 4 MiB of msgpack costs ms of decoding, one of honest text ~1 KiB."""
     max_age_s: float = Field(600.0, gt=0)
     """Envelopes created longer ago than this are stale."""
     max_future_s: float = Field(30.0, ge=0)
@@ -247,10 +290,36 @@ class PoolConfig(Section):
     """External groups older than this (since admission) are dropped from the pool."""
     max_groups: int = Field(4096, ge=1)
     max_per_peer: int = Field(512, ge=1)
+    max_text_bytes: int = Field(268_435_456, ge=1)
+    """Memory the pooled groups' texts may take (oldest evicted first): a valid group can hold up to
+    ``admission.max_completions`` x ``max_completion_chars`` characters (~4 MiB), so ``max_groups`` alone
+    would allow ~16 GiB."""
     per_peer_per_batch: int = Field(2, ge=1)
     """At most this many groups of one peer in one training batch."""
     reuse: bool = False
     """Whether a group may be trained on again in a later round."""
+
+
+class ReputationConfig(Section):
+    enabled: bool = True
+    """Track a decaying penalty per peer (swarm/reputation.py): penalised peers are sampled less, and a peer
+    over ``ignore_at`` has its envelopes dropped before the signature check and re-scoring."""
+    half_life_s: float = Field(600.0, gt=0)
+    """A peer's penalty halves every this many seconds, so a peer that stops misbehaving recovers."""
+    invalid_penalty: float = Field(1.0, ge=0)
+    """Added per envelope that fails admission and is attributable to the peer (signed by it, or authored
+    by it according to the transport)."""
+    no_signal_penalty: float = Field(1.0, ge=0)
+    """Added per admitted group whose rewards, re-scored by this node, are all equal (e.g. all 0): honest
+    peers only publish groups with a reward spread under the same verifier."""
+    rate_limited_penalty: float = Field(0.25, ge=0)
+    """Added per envelope over the peer's rate limit (honest nodes pace at half of it)."""
+    useful_credit: float = Field(0.5, ge=0)
+    """Subtracted (down to 0) per admitted group with a reward spread."""
+    halving_penalty: float = Field(4.0, gt=0)
+    """Each this much penalty halves the peer's sampling weight."""
+    ignore_at: float = Field(16.0, gt=0)
+    """From this penalty on, the peer is ignored (its envelopes are dropped as ``ignored_peer``)."""
 
 
 class SwarmConfig(Section):
@@ -269,6 +338,7 @@ class SwarmConfig(Section):
     transport: TransportConfig = HivemindTransportConfig()
     admission: AdmissionConfig = AdmissionConfig()
     pool: PoolConfig = PoolConfig()
+    reputation: ReputationConfig = ReputationConfig()
 
 
 class CheckpointConfig(Section):
@@ -305,8 +375,19 @@ class AdversaryConfig(Section):
 
 
 class RuntimeConfig(Section):
-    mode: Literal["sync"] = "sync"
-    """``sync``: generate, reward, train in turn. (The async pipeline comes later.)"""
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: generate, reward, train in turn. ``async``: a generator thread produces rounds into a
+    bounded buffer while the trainer consumes them; each round is tagged with the policy version that
+    sampled it (metrics ``staleness``), and the off-policy gap is corrected per ``train.off_policy``."""
+    max_staleness: int = Field(1, ge=0)
+    """``async``: at most this many trainer steps between the policy that generated a round and the step
+    that trains on it; the generator waits rather than exceed it. 0 makes ``async`` compute exactly what
+    ``sync`` computes (with no overlap)."""
+    weight_sync_every: int = Field(1, ge=1)
+    """``async``: the generator takes the trainer's weights (an in-place copy, no reload) once they are
+    this many steps newer than its own, and always when the staleness bound needs it."""
+    buffer_rounds: int = Field(2, ge=1)
+    """``async``: rounds the generator may have finished and queued ahead of the trainer."""
 
 
 class Config(Section):
@@ -449,6 +530,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in (extra or {}).items():
         _set_dotted(data, key, value)
     _prune_switched_transport(data, file_transport)
+    transport = (data.get("swarm") or {}).get("transport") if isinstance(data.get("swarm"), dict) else None
+    if isinstance(transport, dict) and "type" not in transport:
+        transport["type"] = "hivemind"  # the default backend, so `--set swarm.transport.listen=...` just works
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,8 @@
-"""The node's main loop (``runtime.mode: sync``): generate -> reward -> share -> train, once per round.
+"""The node's main loop: generate -> reward -> share -> train, once per round.
+
+``runtime.mode: sync`` runs the steps in turn; ``async`` runs generation (steps 1-3) on a generator thread,
+a bounded number of rounds ahead of the trainer and within a staleness bound (node/pipeline.py); steps 4-6
+stay here. Both write the same metrics rows.
 
 Round r (1-based):
 1. the task mix names ``I + J`` questions (stateless in r, so a resume asks the same ones);
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from node.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from node.checkpoint import (disk_full_message, is_disk_full, latest_checkpoint, load_checkpoint,
+                             save_checkpoint)
 from node.config import Config, dump_config
 from node.logs import set_context as set_log_context
 from node.metrics import MetricsLog, progress_line
@@ -76,6 +81,7 @@ class Node:
             self.trainer.steps = int(state.get("trainer_steps", state["round"]))
             self.metrics.truncate_after(int(state["round"]))
             self.log(f"resumed from {ckpt} at round {self.start_round}")
+            self.generator.sync_weights(self.model)  # a generator with its own weights copied them before
         from node.observe import NodeObserver
 
         self.observer = NodeObserver(cfg, self.run_dir, self.exchange, log=self.log)
@@ -135,30 +141,46 @@ class Node:
         self._stop = True
 
     # ------------------------------------------------------------------ one round
-    def make_groups(self, round_idx: int, n: int) -> tuple[list[RolloutGroup], float, int]:
+    def make_groups(self, round_idx: int, n: int, generator=None, tokenizer=None,
+                    version: int | None = None) -> tuple[list[RolloutGroup], float, int]:
+        """Generate and score round ``round_idx``'s ``n`` local groups (with the node's own generator unless
+        the async pipeline passes its thread's generator, tokenizer and weights version)."""
         cfg = self.cfg
+        generator = generator or self.generator
+        tokenizer = tokenizer or self.tokenizer
         refs = self.mix.refs_for_round(round_idx, n)
         tasks = [resolve(r) for r in refs]
-        prompts = [self.prompt_text(self.tokenizer, t.question, cfg.tasks.system_prompt) for t in tasks]
+        prompts = [self.prompt_text(tokenizer, t.question, cfg.tasks.system_prompt) for t in tasks]
         t0 = time.perf_counter()
-        before = self.generator.tokens_generated
-        outs = self.generator.generate(prompts, cfg.generation.group_size,
-                                       seed=derive_seed(cfg.seed, "gen", round_idx))
+        before = generator.tokens_generated
+        outs = generator.generate(prompts, cfg.generation.group_size,
+                                  seed=derive_seed(cfg.seed, "gen", round_idx))
         gen_s = time.perf_counter() - t0
+        version = self.trainer.steps if version is None else version
         groups = []
         for task, prompt, comps in zip(tasks, prompts, outs):
             groups.append(RolloutGroup(
                 task=task, prompt=prompt, completions=comps,
                 rewards=[score(task, c.text) for c in comps], origin="local",
-                policy_version=self.trainer.steps, model_id=cfg.model.name,
+                policy_version=version, model_id=cfg.model.name,
             ))
-        return groups, gen_s, self.generator.tokens_generated - before
+        return groups, gen_s, generator.tokens_generated - before
 
     def run_round(self, round_idx: int) -> dict:
-        cfg = self.cfg
+        """One synchronous round: generate with the current weights, then train."""
         t_round = time.perf_counter()
+        n = self.cfg.sapo.local_groups + self.cfg.sapo.external_groups
+        groups, gen_s, gen_tokens = self.make_groups(round_idx, n)
+        row = self.train_round(round_idx, groups, gen_s, gen_tokens, t_round)
+        self.generator.sync_weights(self.model)  # no-op unless the generator holds its own weights (vLLM)
+        return row
+
+    def train_round(self, round_idx: int, groups: list[RolloutGroup], gen_s: float, gen_tokens: int,
+                    t_round: float, pipeline: dict | None = None) -> dict:
+        """Share this round's groups, take external ones, train one step and build the metrics row."""
+        cfg = self.cfg
         n_local, n_ext = cfg.sapo.local_groups, cfg.sapo.external_groups
-        groups, gen_s, gen_tokens = self.make_groups(round_idx, n_local + n_ext)
+        version_now = self.trainer.steps
         self.exchange.publish(groups, round_idx)
         external = self.exchange.sample(n_ext, round_idx) if n_ext else []
         rng = random.Random(derive_seed(cfg.seed, "pick", round_idx))
@@ -190,9 +212,22 @@ class Node:
             "clip_low_frac": stats.get("clip_low_frac", 0.0),
             "clip_high_frac": stats.get("clip_high_frac", 0.0),
             "policy_version": self.trainer.steps,
+            "staleness": max((version_now - g.policy_version for g in local), default=0),
+            "tis_ess": stats.get("tis_ess", 1.0),
+            "tis_truncated_frac": stats.get("tis_truncated_frac", 0.0),
+            "tis_masked_frac": stats.get("tis_masked_frac", 0.0),
+            "behaviour_log_ratio_abs": stats.get("behaviour_log_ratio_abs", 0.0),
+            # async pipeline (zeros in sync mode): generator wait for the staleness bound, trainer wait for
+            # a generated round, weight copy time, rounds queued when this one was taken.
+            "gen_wait_s": 0.0,
+            "train_wait_s": 0.0,
+            "weight_sync_s": 0.0,
+            "buffer_depth": 0,
             "reward_by_dataset": {k: sum(v) / len(v) for k, v in sorted(by_ds.items())},
             "time": time.time(),
         }
+        if pipeline:
+            row.update(pipeline)
         row.update(self.exchange.stats())
         return row
 
@@ -205,6 +240,7 @@ class Node:
     def run(self) -> int:
         cfg = self.cfg
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        pipeline = None
         try:
             self.setup()
             last_saved = self.start_round - 1
@@ -212,9 +248,31 @@ class Node:
             if cfg.rounds is not None and r > cfg.rounds:
                 self.log(f"run already reached round {cfg.rounds}; raise --rounds to train further")
                 return 0
+            if cfg.runtime.mode == "async":
+                from node.pipeline import AsyncPipeline
+
+                pipeline = AsyncPipeline(self, r, cfg.rounds)
+                pipeline.start()
+                self.log(f"async pipeline: staleness <= {cfg.runtime.max_staleness}, weights every "
+                         f"{cfg.runtime.weight_sync_every} step(s), buffer {cfg.runtime.buffer_rounds} round(s)")
             while not self._stop and (cfg.rounds is None or r <= cfg.rounds):
-                self.observer.round_started(r)
-                row = self.run_round(r)
+                if pipeline is None:
+                    self.observer.round_started(r)
+                    row = self.run_round(r)
+                else:
+                    t_round = time.perf_counter()
+                    got = pipeline.next_round()
+                    if got is None:
+                        break
+                    item, train_wait = got
+                    assert item.round_idx == r, (item.round_idx, r)
+                    self.observer.round_started(r)
+                    depth = pipeline.depth()
+                    row = self.train_round(r, item.groups, item.gen_s, item.gen_tokens, t_round, pipeline={
+                        "gen_wait_s": item.wait_s, "train_wait_s": train_wait,
+                        "weight_sync_s": item.sync_s, "buffer_depth": depth,
+                    })
+                    pipeline.trained(self.trainer.steps)
                 self.metrics.append(row)
                 self.observer.update(row)
                 if r % cfg.metrics.log_every == 0 or r == cfg.rounds:
@@ -229,7 +287,14 @@ class Node:
                 self.observer.checkpoint_saved(r - 1)
                 self.log(f"saved {path}")
             return 0
+        except OSError as exc:  # disk full in the run dir: a clear message and exit 1, not a traceback
+            if not is_disk_full(exc):
+                raise
+            self.log(f"error: {disk_full_message(exc, self.run_dir)}")
+            return 1
         finally:
+            if pipeline is not None:
+                pipeline.close()
             if self.observer is not None:
                 self.observer.close()
             if self.exchange is not None:

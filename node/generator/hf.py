@@ -123,6 +123,10 @@ class HFGenerator(Generator):
             next_pos = next_pos + 1
         tok_mat = torch.stack(toks, 1).cpu().tolist()
         lp_mat = torch.stack(lps, 1).float().cpu().tolist()
+        return self._completions(tok_mat, lp_mat)
+
+    def _completions(self, tok_mat: list[list[int]], lp_mat: list[list[float]]) -> list[Completion]:
+        """Cut each sampled row at its first EOS (kept in ``token_ids``, dropped from the text)."""
         eos = set(self.eos_ids.tolist())
         completions = []
         for row, lrow in zip(tok_mat, lp_mat):

@@ -30,7 +30,15 @@ SAPO_DATASETS = (
 
 # Items are indexed lazily; the size only bounds the index.
 _MAX_INDEX = 2**31 - 2
-_lock = threading.Lock()
+# redirect_stdout swaps the process-wide sys.stdout: two threads interleaving it (the async pipeline's
+# generator thread and admission on the main thread) could leave stdout pointing at a StringIO for good.
+_quiet_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def _quiet():
+    with _quiet_lock, contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @lru_cache(maxsize=256)
@@ -41,7 +49,7 @@ def _dataset(name: str, config_json: str, seed: int):
 
     kwargs: dict[str, Any] = json.loads(config_json)
     # Some generators print while they build (bf prints progress dots); keep stdout clean.
-    with _lock, contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         return reasoning_gym.create_dataset(name, seed=seed, size=_MAX_INDEX + 1, **kwargs)
 
 
@@ -63,7 +71,7 @@ class ReasoningGymSource:
         except Exception as exc:  # unknown name, bad kwargs: the generator's own error, as a TaskError
             raise TaskError(f"cannot build reasoning_gym dataset {ref.dataset!r} with {ref.config}: {exc}") from exc
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet():
                 entry = ds[ref.index]
         except Exception as exc:
             raise TaskError(f"cannot generate {ref.key}: {exc}") from exc

@@ -65,3 +65,51 @@ def grpo_token_loss(
         high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype) * mask
         stats = {"clip_low": low.sum(), "clip_high": high.sum(), "tokens": mask.sum()}
     return loss_sum, stats
+
+
+def off_policy_weights(
+    old_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    has_behaviour: torch.Tensor,
+    mode: str,
+    cap: float = 2.0,
+    band: tuple[float, float] = (0.5, 2.0),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token weights that correct for sampling from pi_behaviour while pi_old is the trainer's policy.
+
+    All tensors (B, L); ``has_behaviour`` is 1 where a behaviour logprob was recorded (local completion
+    tokens) and 0 elsewhere (external groups, padding), where the weight is 1. With
+    ``rho = pi_old / pi_behaviour = exp(old_logp - behaviour_logp)``:
+
+    - ``tis``: ``w = min(rho, cap)`` (truncated importance sampling; the truncation bounds the variance);
+    - ``mask``: ``w = 1`` if ``band[0] <= rho <= band[1]`` else ``0`` (the token is dropped);
+    - ``none``: ``w = 1``.
+
+    Stats (sums over tokens with a behaviour logprob, so callers can aggregate micro-batches): ``n``,
+    ``w_sum``, ``w_sq_sum`` (for the effective sample size ``w_sum**2 / (n * w_sq_sum)``), ``truncated``
+    (rho > cap, tis), ``masked`` (outside the band, mask), ``log_rho_abs_sum``.
+    """
+    has = has_behaviour.to(old_logp.dtype)
+    log_rho = (old_logp.detach() - behaviour_logp) * has
+    rho = torch.exp(log_rho)
+    ones = torch.ones_like(rho)
+    if mode == "tis":
+        w = torch.where(has > 0, torch.clamp(rho, max=cap), ones)
+    elif mode == "mask":
+        keep = (rho >= band[0]) & (rho <= band[1])
+        w = torch.where(has > 0, keep.to(rho.dtype), ones)
+    elif mode == "none":
+        w = ones
+    else:
+        raise ValueError(f"train.off_policy: unknown mode {mode!r}; use tis, mask or none")
+    with torch.no_grad():
+        wh = w * has
+        stats = {
+            "n": has.sum(),
+            "w_sum": wh.sum(),
+            "w_sq_sum": (wh * wh).sum(),
+            "truncated": ((rho > cap) & (has > 0)).sum().to(rho.dtype) if mode == "tis" else has.new_zeros(()),
+            "masked": ((w == 0) & (has > 0)).sum().to(rho.dtype) if mode == "mask" else has.new_zeros(()),
+            "log_rho_abs_sum": log_rho.abs().sum(),
+        }
+    return w.detach(), stats

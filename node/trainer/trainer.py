@@ -8,6 +8,7 @@ sequences for off-policy correction.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 
 from node.model import autocast
 from node.rollout import RolloutGroup
-from node.trainer.grpo import group_advantages, grpo_token_loss, token_logprobs
+from node.trainer.grpo import group_advantages, grpo_token_loss, off_policy_weights, token_logprobs
 
 
 @dataclass
@@ -48,6 +49,9 @@ class Trainer:
         if cfg.kl_beta > 0 and not self.lora:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.steps = 0
+        """Policy version: rounds trained so far (one step per round, also when a batch is empty)."""
+        self.update_lock = contextlib.nullcontext()
+        """Held while weights change (the async pipeline's generator copies weights under it)."""
 
     # ------------------------------------------------------------------ batch construction
     def sequences(self, groups: list[RolloutGroup]) -> list[Sequence]:
@@ -78,14 +82,21 @@ class Trainer:
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         att = torch.zeros((b, width), dtype=torch.long)
         cmask = torch.zeros((b, width), dtype=torch.float32)
+        blp = torch.zeros((b, width), dtype=torch.float32)
+        has_blp = torch.zeros((b, width), dtype=torch.float32)
         for i, s in enumerate(seqs):
             p, c = len(s.prompt_ids), len(s.completion_ids)
             ids[i, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
             att[i, : p + c] = 1
             cmask[i, p: p + c] = 1.0
+            if s.behaviour_logprobs is not None and len(s.behaviour_logprobs) == c:
+                blp[i, p: p + c] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+                has_blp[i, p: p + c] = 1.0
         adv = torch.tensor([s.advantage for s in seqs], dtype=torch.float32)
-        # Shift: position t predicts token t+1, so the completion mask moves one to the left.
-        return (ids.to(self.device), att.to(self.device), cmask[:, 1:].to(self.device), adv.to(self.device))
+        # Shift: position t predicts token t+1, so the completion-aligned tensors move one to the left.
+        dev = self.device
+        return (ids.to(dev), att.to(dev), cmask[:, 1:].to(dev), adv.to(dev),
+                blp[:, 1:].to(dev), has_blp[:, 1:].to(dev))
 
     def _logp(self, model, ids, att) -> torch.Tensor:
         with autocast(self.device, self.cfg.precision):
@@ -95,7 +106,7 @@ class Trainer:
     @torch.no_grad()
     def sequence_logprobs(self, seqs: list[Sequence]) -> list[list[float]]:
         """Per-token logprobs of each sequence's completion under the current policy (for tests/diagnostics)."""
-        ids, att, cmask, _ = self._collate(seqs)
+        ids, att, cmask = self._collate(seqs)[:3]
         logp = self._logp(self.model, ids, att)
         return [logp[i][cmask[i] > 0].tolist() for i in range(len(seqs))]
 
@@ -104,47 +115,72 @@ class Trainer:
         t0 = time.perf_counter()
         seqs = self.sequences(groups)
         if not seqs:
+            with self.update_lock:
+                self.steps += 1
             return {"loss": 0.0, "train_tokens": 0, "train_s": 0.0}
         mb = self.cfg.micro_batch_size
         batches = [self._collate(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
         total_tokens = float(sum(b[2].sum().item() for b in batches))
         total_positions = sum(int(b[1].sum()) for b in batches)  # non-pad tokens
         old_logps: list[torch.Tensor | None] = [None] * len(batches)
+        weights: list[torch.Tensor | None] = [None] * len(batches)
+        offp = {"n": 0.0, "w_sum": 0.0, "w_sq_sum": 0.0, "truncated": 0.0, "masked": 0.0, "log_rho_abs_sum": 0.0}
         self.model.train()
         loss_total = clip_low = clip_high = 0.0
         grad_norm = 0.0
-        for epoch in range(self.cfg.epochs_per_round):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_epoch = 0.0
-            for k, (ids, att, cmask, adv) in enumerate(batches):
-                logp = self._logp(self.model, ids, att)
-                if old_logps[k] is None:
-                    # pi_old = the policy before this round's first update: within the first epoch no
-                    # update has happened yet, so it is this forward pass, detached (ratio == 1).
-                    old_logps[k] = logp.detach()
-                ref = None
-                if self.cfg.kl_beta > 0:
-                    with torch.no_grad():
-                        if self.lora:
-                            with self.model.disable_adapter():
-                                ref = self._logp(self.model, ids, att)
-                        else:
-                            ref = self._logp(self.ref_model, ids, att)
-                loss_sum, st = grpo_token_loss(logp, old_logps[k], adv, cmask, self.cfg.eps_low,
-                                               self.cfg.eps_high, ref_logp=ref, beta=self.cfg.kl_beta)
-                loss = loss_sum / total_tokens
-                loss.backward()
-                loss_epoch += loss.item()
-                clip_low += st["clip_low"].item()
-                clip_high += st["clip_high"].item()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-            self.optimizer.step()
-            loss_total += loss_epoch
+        # Weights change from the first optimizer step until the version is bumped: the lock covers that
+        # span (with epochs_per_round > 1 it includes the later epochs' passes), so whoever copies weights
+        # under it always gets a (weights, version) pair that belongs together.
+        with contextlib.ExitStack() as locked:
+            for epoch in range(self.cfg.epochs_per_round):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_epoch = 0.0
+                for k, (ids, att, cmask, adv, blp, has_blp) in enumerate(batches):
+                    logp = self._logp(self.model, ids, att)
+                    if old_logps[k] is None:
+                        # pi_old = the policy before this round's first update: within the first epoch no
+                        # update has happened yet, so it is this forward pass, detached (ratio == 1).
+                        old_logps[k] = logp.detach()
+                        # Off-policy correction against the sampler's recorded logprobs (pi_behaviour).
+                        weights[k], st_w = off_policy_weights(
+                            old_logps[k], blp, has_blp * cmask, self.cfg.off_policy, self.cfg.tis_cap,
+                            tuple(self.cfg.mask_band))
+                        for key, v in st_w.items():
+                            offp[key] += float(v)
+                    ref = None
+                    if self.cfg.kl_beta > 0:
+                        with torch.no_grad():
+                            if self.lora:
+                                with self.model.disable_adapter():
+                                    ref = self._logp(self.model, ids, att)
+                            else:
+                                ref = self._logp(self.ref_model, ids, att)
+                    loss_sum, st = grpo_token_loss(logp, old_logps[k], adv, cmask, self.cfg.eps_low,
+                                                   self.cfg.eps_high, ref_logp=ref, beta=self.cfg.kl_beta,
+                                                   token_weights=weights[k])
+                    loss = loss_sum / total_tokens
+                    loss.backward()
+                    loss_epoch += loss.item()
+                    clip_low += st["clip_low"].item()
+                    clip_high += st["clip_high"].item()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+                if epoch == 0:
+                    locked.enter_context(self.update_lock)
+                self.optimizer.step()
+                loss_total += loss_epoch
+            self.steps += 1
         self.model.eval()
-        self.steps += 1
         n_tok = total_tokens * self.cfg.epochs_per_round
         dt = time.perf_counter() - t0
+        n_b = offp["n"]
         return {
+            # Effective sample size of the off-policy weights over tokens with behaviour logprobs, as a
+            # fraction of those tokens (1.0 = no correction needed); 1.0 when there were none.
+            "tis_ess": (offp["w_sum"] ** 2 / (n_b * offp["w_sq_sum"])) if n_b and offp["w_sq_sum"] else 1.0,
+            "tis_truncated_frac": offp["truncated"] / n_b if n_b else 0.0,
+            "tis_masked_frac": offp["masked"] / n_b if n_b else 0.0,
+            "behaviour_log_ratio_abs": offp["log_rho_abs_sum"] / n_b if n_b else 0.0,
+            "behaviour_tokens": int(n_b),
             "loss": loss_total / self.cfg.epochs_per_round,
             "grad_norm": grad_norm,
             "clip_low_frac": clip_low / n_tok,

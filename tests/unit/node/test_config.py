@@ -117,3 +117,10 @@ def test_switching_transport_on_the_command_line_drops_the_other_backends_keys()
     assert cfg.swarm.transport.listen == ["/ip4/127.0.0.1/tcp/0"]  # shared keys kept
     with pytest.raises(ConfigError, match="window_s"):  # a file that mixes both is still an error
         load_config(overrides=["swarm.transport.type=libp2p", "swarm.transport.window_s=3"])
+
+
+def test_transport_fields_without_a_type_mean_the_default_backend():
+    cfg = load_config(None, ["swarm.transport.listen=[/ip4/127.0.0.1/tcp/31337]"])
+    assert cfg.swarm.transport.type == "hivemind" and cfg.swarm.transport.listen == ["/ip4/127.0.0.1/tcp/31337"]
+    cfg = load_config(None, extra={"swarm.transport.listen": ["/ip4/0.0.0.0/tcp/1"]})  # what `sapo bootstrap --listen` does
+    assert cfg.swarm.transport.type == "hivemind"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from node.trainer.grpo import group_advantages, grpo_token_loss, token_logprobs
+from node.trainer.grpo import group_advantages, grpo_token_loss, off_policy_weights, token_logprobs
 
 
 def test_advantages_match_hand_computation():
@@ -86,3 +86,48 @@ def test_token_logprobs_with_temperature():
     t = torch.tensor([[0]])
     expected = torch.log_softmax(logits / 0.5, -1)[0, 0, 0]
     assert token_logprobs(logits, t, 0.5).item() == pytest.approx(expected.item())
+
+
+# ---------------------------------------------------------------- off-policy correction (TIS / mask)
+def _offp_inputs():
+    # one sequence, 5 token slots; slot 4 is an external / padding token (no behaviour logprob)
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0]])
+    # behaviour logprobs chosen so rho = exp(old - behav) is 1, e, e^-1, 3, (ignored)
+    behav = torch.tensor([[-1.0, -3.0, 0.5, -3.0 - math.log(3.0), -9.0]])
+    has = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    return old, behav, has
+
+
+def test_tis_weights_match_hand_computation():
+    old, behav, has = _offp_inputs()
+    w, st = off_policy_weights(old, behav, has, "tis", cap=2.0)
+    # rho = [1, e, 1/e, 3]; truncated at 2: [1, 2, 1/e, 2]; the slot without a behaviour logprob weighs 1
+    assert w[0].tolist() == pytest.approx([1.0, 2.0, math.exp(-1.0), 2.0, 1.0], rel=1e-6)
+    assert st["n"].item() == 4 and st["truncated"].item() == 2 and st["masked"].item() == 0
+    ws = [1.0, 2.0, math.exp(-1.0), 2.0]
+    assert st["w_sum"].item() == pytest.approx(sum(ws), rel=1e-6)
+    assert st["w_sq_sum"].item() == pytest.approx(sum(x * x for x in ws), rel=1e-6)
+    assert st["log_rho_abs_sum"].item() == pytest.approx(0 + 1 + 1 + math.log(3.0), rel=1e-6)
+
+
+def test_mask_weights_match_hand_computation():
+    old, behav, has = _offp_inputs()
+    w, st = off_policy_weights(old, behav, has, "mask", band=(0.5, 2.0))
+    # rho = [1, e, 1/e, 3] -> inside [0.5, 2]: yes, no (2.72), no (0.37), no (3)
+    assert w[0].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert st["masked"].item() == 3 and st["truncated"].item() == 0
+    w_none, _ = off_policy_weights(old, behav, has, "none")
+    assert w_none.tolist() == [[1.0] * 5]
+
+
+def test_token_weights_scale_each_tokens_loss():
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    adv = torch.tensor([1.0])
+    mask = torch.ones(1, 2)
+    base, _ = grpo_token_loss(logp, logp.detach(), adv, mask, 0.2, 0.28)
+    weighted, _ = grpo_token_loss(logp, logp.detach(), adv, mask, 0.2, 0.28,
+                                  token_weights=torch.tensor([[2.0, 0.0]]))
+    # ratio 1 everywhere: each token's loss is -A = -1; weights 2 and 0 give -2
+    assert base.item() == pytest.approx(-2.0) and weighted.item() == pytest.approx(-2.0)
+    (g,) = torch.autograd.grad(weighted, logp)
+    assert g[0].tolist() == pytest.approx([-2.0, 0.0])

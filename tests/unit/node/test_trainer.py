@@ -102,3 +102,48 @@ def test_external_positive_only_zeroes_negative_external_advantages(tiny):
     advs_ext = [s.advantage for s in trainer.sequences([external])]
     assert min(advs_local) < 0  # local groups keep plain GRPO advantages
     assert min(advs_ext) == 0.0 and max(advs_ext) > 0
+
+
+def _local_group_with_behaviour(tok, shift: float):
+    """A local group whose recorded behaviour logprobs are the trainer's own minus ``shift`` per token."""
+    task = resolve(TaskRef.make("reasoning_gym", "basic_arithmetic", {}, 0, 0))
+    texts = ["<answer>1</answer>", "<answer>22</answer>", "x", "<answer>4</answer>"]
+    comps = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        comps.append(Completion(text=t, token_ids=ids, logprobs=[0.0] * len(ids)))
+    return RolloutGroup(task=task, prompt="Q\n", completions=comps, rewards=[1.0, 0.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("mode,shift,expect_ess,expect_trunc,expect_mask", [
+    ("tis", 0.0, 1.0, 0.0, 0.0),       # behaviour == pi_old: weights all 1
+    ("tis", 1.0, 1.0, 1.0, 0.0),       # rho = e > 2: every token truncated to 2 (constant weights: ESS 1)
+    ("mask", 1.0, None, 0.0, 1.0),     # rho = e outside [0.5, 2]: every token masked
+    ("mask", 0.2, 1.0, 0.0, 0.0),      # rho = e^0.2 = 1.22 inside the band
+])
+def test_trainer_applies_off_policy_correction(tiny, mode, shift, expect_ess, expect_trunc, expect_mask):
+    model, tok = tiny
+    trainer = Trainer(model, tok, TrainConfig(off_policy=mode, tis_cap=2.0, lr=1e-3), 1.0, 64, 16)
+    group = _local_group_with_behaviour(tok, shift)
+    seqs = trainer.sequences([group])
+    own = trainer.sequence_logprobs(seqs)
+    for c, lp in zip(group.completions, own):
+        c.logprobs = [x - shift for x in lp]  # behaviour policy assigned these tokens less mass
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = trainer.step([group])
+    assert stats["behaviour_tokens"] == sum(len(c.token_ids) for c in group.completions)
+    assert stats["behaviour_log_ratio_abs"] == pytest.approx(shift, abs=2e-4)
+    assert stats["tis_truncated_frac"] == pytest.approx(expect_trunc)
+    assert stats["tis_masked_frac"] == pytest.approx(expect_mask)
+    moved = any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    if mode == "mask" and expect_mask == 1.0:
+        assert stats["loss"] == 0.0 and not moved  # nothing left to learn from
+    else:
+        assert stats["tis_ess"] == pytest.approx(expect_ess, abs=1e-4) and moved
+
+
+def test_external_groups_get_weight_one(tiny):
+    model, tok = tiny
+    trainer = Trainer(model, tok, TrainConfig(off_policy="mask"), 1.0, 64, 16)
+    stats = trainer.step(_groups())  # text-only completions: no behaviour logprobs at all
+    assert stats["behaviour_tokens"] == 0 and stats["tis_masked_frac"] == 0.0 and stats["loss"] != 0.0
