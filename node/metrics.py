@@ -38,14 +38,29 @@ class MetricsLog:
         """Drop rows of rounds after ``round_idx`` (they are redone after a resume); atomic rewrite."""
         rows = [r for r in self.rows() if r.get("round", 0) <= round_idx]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        except OSError as exc:  # disk full: the original file stays as it was
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
         os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
+        """Append one line, all or nothing: a failed write (disk full) is cut back off, so the file never ends in a
+        torn line that the next append would glue a good row onto."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
-            f.flush()
+        data = memoryview((json.dumps(clean) + "\n").encode())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:  # unbuffered: a short write is seen here, not at close
+                    data = data[os.write(fd, data):]
+            except OSError as exc:
+                os.ftruncate(fd, start)  # shrinking needs no free space
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        finally:
+            os.close(fd)
 
 
 def progress_line(row: dict) -> str:

@@ -19,6 +19,9 @@ goes to ``metrics.jsonl``, once per round, so the endpoint and the file never di
 | ``sapo_peers`` | gauge | connected peers |
 | ``sapo_bytes_total{direction="in|out"}`` | counter | transport bytes |
 | ``sapo_staleness`` | gauge | policy versions between the generating and the trained policy (0 in sync mode) |
+| ``sapo_tis_ess`` | gauge | effective sample size (fraction) of the round's off-policy token weights |
+| ``sapo_wait_seconds{side="generator|trainer"}`` | gauge | async mode: time the generator waited for the staleness bound / the trainer for a round |
+| ``sapo_peers_ignored``, ``sapo_peers_penalized`` | gauge | peers whose reputation penalty ignores them / lowers their sampling weight |
 | ``sapo_checkpoint_round`` | gauge | round of the newest checkpoint |
 | ``sapo_checkpoint_age_seconds`` | gauge | seconds since the newest checkpoint was saved (at scrape time) |
 | ``sapo_last_round_timestamp_seconds`` | gauge | unix time the last round finished (alert on ``time() - x``) |
@@ -46,6 +49,7 @@ METRIC_NAMES = (
     "sapo_train_tokens_per_second", "sapo_round_seconds", "sapo_groups", "sapo_admitted_total",
     "sapo_rejected_total", "sapo_published_total", "sapo_peers", "sapo_bytes_total", "sapo_staleness",
     "sapo_checkpoint_round", "sapo_checkpoint_age_seconds", "sapo_last_round_timestamp_seconds",
+    "sapo_tis_ess", "sapo_wait_seconds", "sapo_peers_ignored", "sapo_peers_penalized",
 )
 _CKPT = re.compile(r"^round-(\d{6,})$")
 
@@ -148,6 +152,11 @@ class _RowCollector:
             ("sapo_staleness", "Policy versions between the generating and the trained policy (0 in sync mode)",
              row.get("staleness", 0)),
             ("sapo_last_round_timestamp_seconds", "Unix time the last round finished", row.get("time")),
+            ("sapo_tis_ess", "Effective sample size (fraction) of the last round's off-policy token weights",
+             row.get("tis_ess", 1.0)),
+            ("sapo_peers_ignored", "Peers ignored for their reputation penalty", row.get("reputation_ignored", 0)),
+            ("sapo_peers_penalized", "Peers sampled less for their reputation penalty",
+             row.get("reputation_penalized", 0)),
         ]
         for name, doc, value in gauges:
             yield GaugeMetricFamily(name, doc, value=_num(value, float("nan")))
@@ -155,6 +164,11 @@ class _RowCollector:
         groups.add_metric(["local"], _num(row.get("local_groups")))
         groups.add_metric(["external"], _num(row.get("external_groups")))
         yield groups
+        waits = GaugeMetricFamily("sapo_wait_seconds", "Async mode: waits in the last round (generator: for the "
+                                  "staleness bound; trainer: for a generated round)", labels=["side"])
+        waits.add_metric(["generator"], _num(row.get("gen_wait_s")))
+        waits.add_metric(["trainer"], _num(row.get("train_wait_s")))
+        yield waits
         yield CounterMetricFamily("sapo_admitted", "Peer groups admitted since the process started",
                                   value=_num(row.get("admitted")))
         yield CounterMetricFamily("sapo_published", "Own groups published since the process started",
@@ -288,4 +302,7 @@ class NodeObserver:
             self.exporter = None
         # Only mark our own node.json: a restarted node may already have replaced it.
         if read_node_json(self.run_dir).get("pid") == os.getpid():
-            merge_node_json(self.run_dir, {"stopped_at": time.time()})
+            try:
+                merge_node_json(self.run_dir, {"stopped_at": time.time()})
+            except OSError as exc:  # e.g. the disk is full: the node is stopping anyway, say so and go on
+                self.log(f"could not mark {self.run_dir / 'node.json'} as stopped: {exc}")

@@ -3,10 +3,13 @@
 ``Admission.admit(payload, transport_sender)`` returns a ``RolloutGroup`` (task re-derived, completions
 re-scored by this node's own verifier) or ``None``; it never raises. Every rejection is counted by reason
 (``stats()``) and logged at DEBUG with the peer. Checks run cheapest first, and nothing an unauthenticated
-payload does touches per-peer state (so a forger cannot spend an honest peer's rate budget or poison its
-replay window):
+payload does touches per-peer state (so a forger cannot spend an honest peer's rate budget, poison its
+replay window or spoil its reputation):
 
- 1. ``oversize``       compressed size, declared and actual decompressed size (zstd bomb safe)
+ 0. ``ignored_peer``   the transport's (authenticated) sender is ignored by the reputation (``reputation``)
+ 1. ``oversize``       compressed size, declared and actual decompressed size (zstd bomb safe), and beyond
+                       ``RATIO_FREE_BYTES`` the compression ratio (``max_compression_ratio``): skimming 4 MiB
+                       of msgpack costs ms, so it must cost the sender more than ~150 bytes
  2. ``undecodable``    not zstd / not the ``[body, signature]`` msgpack wrapper / body not msgpack
  3. ``bad_version``    body's format version is not ``FORMAT_VERSION`` (peeked before the strict decode)
  4. ``schema``         strict typed decode (types, missing or unknown fields, sender not 32 bytes,
@@ -18,6 +21,9 @@ replay window):
  6. ``duplicate``      the same body (sha256) was already seen *and verified*: gossip/DHT re-deliveries are
                        dropped before paying for the signature check (the only state read before it; only
                        verified bodies are ever recorded)
+    ``ignored_peer``   the claimed signer is ignored by the reputation: dropped before paying for the signature
+                       check, the re-derivation and the re-scoring (a forgery naming an ignored peer is dropped
+                       too, which costs that peer nothing: ignored_peer rejections are never charged)
  7. ``bad_signature``  Ed25519 over the exact body bytes with the key in ``sender``
  8. ``self``           our own envelope coming back
  9. ``sender_mismatch`` the transport names a sender and it is not the signer
@@ -30,8 +36,15 @@ replay window):
 14. ``task_underivable`` the task reference cannot be regenerated (non-canonical config JSON included)
 15. re-score: every completion is scored locally; the sender's ``reward_claims`` are never used as
     rewards. ``false_claims``: claims present and different from the local scores (unless
-    ``admission.reject_false_claims`` is off): a lying (poisoning) or broken peer.
+    ``admission.reject_false_claims`` is off): a lying (poisoning) or broken peer. Claims must be finite
+    (``schema``; a NaN claim would otherwise compare as "not different").
 Anything unexpected inside ``admit`` is caught and counted as ``internal_error`` (logged at WARNING).
+
+Reputation (optional, ``swarm/reputation.py``): rejections are charged to the verified signer or to the
+transport's authenticated sender by the rules in ``_SIGNER_CHARGES`` / ``_SENDER_CHARGES`` (never for what a
+third party can cause by re-sending a genuine envelope: ``stale``, ``future``, ``duplicate``, ``wrong_swarm``
+to the signer); an admitted group whose re-scored rewards are all equal charges its signer ``no_signal``, one
+with a reward spread credits it.
 
 Seen (signer, seq) and digests are recorded once an envelope has passed the signature and freshness checks,
 whatever happens after, so re-deliveries of a rate-limited or underivable envelope stay cheap.
@@ -84,7 +97,26 @@ SEQS_PER_PEER = 2048
 honest peer sends ~640 envelopes per freshness window, well inside this."""
 MAX_DIGESTS = 65536
 """Body digests remembered for duplicate detection (LRU)."""
+MAX_REMEMBERED_SEQS = 131072
+"""(signer, seq) pairs remembered in all, oldest of the least recently active signer out first. Without it the
+replay windows alone could grow to MAX_TRACKED_PEERS x SEQS_PER_PEER = 8.4 million entries (~2 GB); with it
+they stay under ~40 MB (scripts/bench_flood.py)."""
 MAX_MODEL_ID_CHARS = 256
+RATIO_FREE_BYTES = 256 * 1024
+"""Decompressed size allowed whatever the compression ratio (``admission.max_compression_ratio`` applies
+beyond it): small envelopes of repetitive text compress far better than large ones."""
+
+_SIGNER_CHARGES = {"schema": "invalid", "replay": "invalid", "task_underivable": "invalid",
+                   "false_claims": "invalid", "rate_limited": "rate_limited"}
+"""Rejections charged to the signer once its signature verified (none of these can be produced by a third
+party re-sending one of the signer's genuine envelopes)."""
+_SENDER_CHARGES = frozenset({"oversize", "undecodable", "schema", "wrong_swarm", "bad_signature",
+                             "sender_mismatch"})
+"""Rejections charged to the transport's sender (``Received.sender``, authenticated by the transport as the
+author of what it delivered) when no verified signer was charged. Never charged to anyone: ``duplicate``,
+``stale``, ``future`` (re-sending a genuine envelope late produces them), ``bad_version``,
+``dataset_not_allowed``, ``config_not_allowed`` (honest peers on other versions or task mixes), ``self``,
+``ignored_peer``, ``internal_error``."""
 
 
 class _Reject(Exception):
@@ -93,15 +125,19 @@ class _Reject(Exception):
         self.reason = reason
         self.detail = detail
         self.peer = peer
+        """The signer, set only once its signature has verified."""
 
 
 class Admission:
     def __init__(self, cfg: AdmissionConfig, swarm_id: str, own_peer_id: str,
                  allowed: set[tuple[str, str]], prompt_for: Callable[[Task], str],
-                 clock: Callable[[], float] = time.time, own_configs: set[tuple[str, str, str]] | None = None):
+                 clock: Callable[[], float] = time.time, own_configs: set[tuple[str, str, str]] | None = None,
+                 reputation=None):
         """``own_configs``: (source, dataset, canonical config) of the node's own mix; unless
-        ``cfg.foreign_task_configs``, only these configs are accepted (``config_not_allowed``)."""
+        ``cfg.foreign_task_configs``, only these configs are accepted (``config_not_allowed``).
+        ``reputation``: a ``swarm.reputation.Reputation`` to charge and consult (``SwarmExchange`` sets it)."""
         self.cfg = cfg
+        self.reputation = reputation
         self.own_configs = None if (own_configs is None or cfg.foreign_task_configs) else frozenset(own_configs)
         self.swarm_id = swarm_id
         self.own_peer_id = own_peer_id
@@ -122,6 +158,8 @@ class Admission:
         self._digests: OrderedDict[bytes, None] = OrderedDict()
         self._seqs: OrderedDict[str, OrderedDict[int, bytes]] = OrderedDict()
         """signer -> {seq: body digest}"""
+        self._n_seqs = 0
+        """Entries in all of ``_seqs``."""
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         """signer -> [tokens, last refill time]"""
 
@@ -135,6 +173,8 @@ class Admission:
         except _Reject as rej:
             self._count(rej.reason)
             log.debug("rejected envelope from %s: %s (%s)", rej.peer or peer, rej.reason, rej.detail)
+            if self.reputation is not None:
+                self._charge(rej, transport_sender)
             return None
         except Exception as exc:  # hostile input must never crash the node
             self._count("internal_error")
@@ -158,10 +198,20 @@ class Admission:
         with self._lock:
             self._rejected[reason] += 1
 
+    def _charge(self, rej: _Reject, transport_sender) -> None:
+        kind = _SIGNER_CHARGES.get(rej.reason)
+        if kind is not None and rej.peer is not None:
+            self.reputation.charge(rej.peer, kind)
+        elif rej.reason in _SENDER_CHARGES and isinstance(transport_sender, str):
+            self.reputation.charge(transport_sender, "invalid")
+
     def _admit(self, payload, transport_sender):
         cfg = self.cfg
+        rep = self.reputation
+        if rep is not None and isinstance(transport_sender, str) and rep.ignored(transport_sender):
+            raise _Reject("ignored_peer", "the transport's sender is ignored (reputation)")
         try:
-            body, signature = wire.unwrap(payload, cfg.max_envelope_bytes, cfg.max_decompressed_bytes)
+            body, signature = wire.unwrap(payload, cfg.max_envelope_bytes, self._decompressed_cap(payload))
         except wire.EnvelopeError as exc:
             raise _Reject(exc.reason, exc.detail) from None
         version = wire.peek_version(body)
@@ -175,7 +225,13 @@ class Admission:
             raise _Reject("bad_version", f"format version {env.v}")
         if env.swarm != self.swarm_id:
             raise _Reject("wrong_swarm", f"swarm {env.swarm[:64]!r}")
-        self._check_limits(env)
+        try:
+            self._check_limits(env)
+        except _Reject as rej:
+            # Without a transport sender to charge, charge the signer, but only if the signature holds.
+            if rep is not None and transport_sender is None and wire.verify(env, body, signature):
+                rej.peer = peer_id_from_public(env.sender)
+            raise
 
         digest = hashlib.sha256(body).digest()
         with self._lock:
@@ -183,9 +239,11 @@ class Admission:
                 self._digests.move_to_end(digest)
                 raise _Reject("duplicate", "body already seen")
 
+        signer = peer_id_from_public(env.sender)  # claimed until the signature is checked
+        if rep is not None and rep.ignored(signer):
+            raise _Reject("ignored_peer", f"claimed signer {signer} is ignored (reputation)")
         if not wire.verify(env, body, signature):
             raise _Reject("bad_signature", "Ed25519 signature does not match sender and body")  # peer unknown
-        signer = peer_id_from_public(env.sender)
         if signer == self.own_peer_id:
             raise _Reject("self", "our own envelope", signer)
         if transport_sender is not None and transport_sender != signer:
@@ -234,7 +292,20 @@ class Admission:
             origin=signer,
             model_id=env.model_id,
         )
+        if rep is not None:
+            if group.has_signal:
+                rep.credit(signer)
+            else:
+                rep.charge(signer, "no_signal")
         return group, signer
+
+    def _decompressed_cap(self, payload) -> int:
+        try:
+            size = len(payload)
+        except TypeError:
+            return self.cfg.max_decompressed_bytes  # unwrap rejects it
+        ratio_cap = max(RATIO_FREE_BYTES, int(self.cfg.max_compression_ratio * size))
+        return min(self.cfg.max_decompressed_bytes, ratio_cap)
 
     def _check_limits(self, env: wire.Envelope) -> None:
         cfg = self.cfg
@@ -247,6 +318,8 @@ class Admission:
             raise _Reject("schema", f"{len(env.logprobs)} logprob lists for {n} completions")
         if len(env.reward_claims) not in (0, n):
             raise _Reject("schema", f"{len(env.reward_claims)} reward claims for {n} completions")
+        if not all(math.isfinite(c) for c in env.reward_claims):
+            raise _Reject("schema", "a reward claim is not a finite number")
         for text in env.completions:
             if len(text) > cfg.max_completion_chars:
                 raise _Reject("schema", f"completion of {len(text)} chars > {cfg.max_completion_chars}")
@@ -267,12 +340,20 @@ class Admission:
         if seqs is None:
             seqs = self._seqs[signer] = OrderedDict()
             while len(self._seqs) > MAX_TRACKED_PEERS:
-                self._seqs.popitem(last=False)
+                self._n_seqs -= len(self._seqs.popitem(last=False)[1])
         else:
             self._seqs.move_to_end(signer)
-        seqs[seq] = digest
+        seqs[seq] = digest  # seq is new for this signer (checked by the caller)
+        self._n_seqs += 1
         while len(seqs) > SEQS_PER_PEER:
             seqs.popitem(last=False)
+            self._n_seqs -= 1
+        while self._n_seqs > MAX_REMEMBERED_SEQS:
+            peer, oldest = next(iter(self._seqs.items()))
+            oldest.popitem(last=False)
+            self._n_seqs -= 1
+            if not oldest:
+                del self._seqs[peer]
 
     def _take_token(self, signer: str, now: float) -> bool:
         cfg = self.cfg

@@ -38,6 +38,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
 import zstandard
@@ -54,26 +55,48 @@ _MAX_WINDOW_LOG = 27  # never let a frame header make the decompressor reserve m
 REASONS = ("oversize", "undecodable", "schema", "bad_signature")
 
 
+# Wire caps, enforced by the decoder itself (msgspec checks an array's length from its header, before decoding
+# any element). Without them a ~200-byte zstd payload of 4 million empty msgpack arrays in ``logprobs`` cost
+# ~0.8 s of CPU and ~290 MiB of memory before admission's own limits ran (found while building the fuzz
+# corpus; see docs/SECURITY.md). Admission's configurable limits (``admission.max_completions`` ...) still apply on top;
+# these only have to be far above any honest envelope.
+MAX_WIRE_COMPLETIONS = 256
+"""Most elements in ``completions``, ``finished``, ``logprobs`` and ``reward_claims``."""
+MAX_WIRE_TOKENS = 4096
+"""Most logprobs per completion."""
+MAX_WIRE_LOGPROBS = 65536
+"""Most logprobs in one envelope, checked from the arrays' headers before they are decoded: a float sent as a
+1-byte msgpack int decodes to a 32-byte Python float, so 256 x 4096 of them (~1 MB, ~150 bytes compressed)
+would still cost ~30 ms and ~40 MiB."""
+MAX_WIRE_NAME_CHARS = 256
+"""Longest ``swarm``, ``task.source``, ``task.dataset`` and ``model_id``."""
+MAX_WIRE_CONFIG_CHARS = 4096
+"""Longest ``task.config`` (canonical JSON; receivers ``json.loads`` it)."""
+
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_WIRE_NAME_CHARS)]
+
+
 class WireTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    source: str
-    dataset: str
-    config: str
+    source: _Name
+    dataset: _Name
+    config: Annotated[str, msgspec.Meta(max_length=MAX_WIRE_CONFIG_CHARS)]
     seed: int
     index: int
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     v: int
-    swarm: str
+    swarm: _Name
     sender: bytes
     seq: int
     created_at: float
     task: WireTask
-    completions: list[str]
-    finished: list[bool]
-    logprobs: list[list[float]] | None
-    model_id: str
-    reward_claims: list[float]
+    completions: Annotated[list[str], msgspec.Meta(max_length=MAX_WIRE_COMPLETIONS)]
+    finished: Annotated[list[bool], msgspec.Meta(max_length=MAX_WIRE_COMPLETIONS)]
+    logprobs: Annotated[list[Annotated[list[float], msgspec.Meta(max_length=MAX_WIRE_TOKENS)]],
+                        msgspec.Meta(max_length=MAX_WIRE_COMPLETIONS)] | None
+    model_id: _Name
+    reward_claims: Annotated[list[float], msgspec.Meta(max_length=MAX_WIRE_COMPLETIONS)]
 
 
 class EnvelopeError(ValueError):
@@ -106,6 +129,34 @@ class _Version(msgspec.Struct):
 
 
 _VERSION_DECODER = msgspec.msgpack.Decoder(_Version)
+
+
+class _LogprobsShape(msgspec.Struct):
+    logprobs: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_WIRE_COMPLETIONS)] | None = None
+
+
+_LOGPROBS_DECODER = msgspec.msgpack.Decoder(_LogprobsShape)
+
+
+def _array_len(raw: bytes) -> int:
+    """Element count from a msgpack array header (0 for anything else: the typed decode rejects it)."""
+    if not raw:
+        return 0
+    b = raw[0]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(raw) >= 3:
+        return int.from_bytes(raw[1:3], "big")
+    if b == 0xDD and len(raw) >= 5:
+        return int.from_bytes(raw[1:5], "big")
+    return 0
+
+
+_DECODE_ERRORS = (msgspec.DecodeError, ValueError, TypeError, RecursionError)
+"""What msgspec raises on hostile msgpack. RecursionError: msgspec bounds nesting by the interpreter's
+recursion limit, so a few hundred KB of nested one-element arrays (a few hundred compressed bytes) raise it
+while being decoded or skipped (found while building the fuzz corpus; it used to escape from ``peek_version``
+as an admission internal_error, logged at WARNING with a traceback per hostile envelope)."""
 
 
 def canonical_bytes(env: Envelope) -> bytes:
@@ -194,7 +245,7 @@ def unwrap(data: bytes, max_compressed: int, max_decompressed: int) -> tuple[byt
     raw = decompress_capped(bytes(data), max_compressed, max_decompressed)
     try:
         body, signature = _WRAPPER_DECODER.decode(raw)
-    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+    except _DECODE_ERRORS as exc:
         raise EnvelopeError("undecodable", f"wrapper: {exc}") from None
     if len(signature) != SIGNATURE_BYTES:
         raise EnvelopeError("bad_signature", f"signature is {len(signature)} bytes, not {SIGNATURE_BYTES}")
@@ -205,17 +256,25 @@ def peek_version(body: bytes) -> int | None:
     """The body's format version, read leniently (other fields ignored), or None when there is none."""
     try:
         return _VERSION_DECODER.decode(body).v
-    except (msgspec.DecodeError, ValueError, TypeError):
+    except _DECODE_ERRORS:
         return None
 
 
 def parse_body(body: bytes) -> Envelope:
     """Strictly decode a canonical body (``schema`` on wrong types, missing/unknown fields, non-canonical bytes)."""
     try:
+        # Skims logprobs (no floats are built) to bound their total before the typed decode.
+        shape = _LOGPROBS_DECODER.decode(body)
+        if shape.logprobs is not None:
+            total = sum(_array_len(memoryview(r)[:5].tobytes()) for r in shape.logprobs)
+            if total > MAX_WIRE_LOGPROBS:
+                raise EnvelopeError("schema", f"{total} logprobs > {MAX_WIRE_LOGPROBS}")
         env = _BODY_DECODER.decode(body)
+    except EnvelopeError:
+        raise
     except msgspec.ValidationError as exc:
         raise EnvelopeError("schema", str(exc)) from None
-    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+    except _DECODE_ERRORS as exc:
         raise EnvelopeError("undecodable", f"body: {exc}") from None
     if len(env.sender) != PUBLIC_KEY_BYTES:
         raise EnvelopeError("schema", f"sender is {len(env.sender)} bytes, not {PUBLIC_KEY_BYTES}")

@@ -57,6 +57,13 @@ class SwarmExchange:
         self.transport = transport
         self.admission = admission
         self.pool = pool
+        # One reputation shared by admission (charges, ignore check) and the pool (sampling weights).
+        self.reputation = getattr(admission, "reputation", None)
+        if self.reputation is None and swarm_cfg.reputation.enabled:
+            from swarm.reputation import Reputation
+
+            self.reputation = Reputation(swarm_cfg.reputation)
+        admission.reputation = pool.reputation = self.reputation
         self.seed = seed
         self.log = log
         self.seq = int(time.time() * 1_000_000)
@@ -161,6 +168,7 @@ class SwarmExchange:
             "publish_no_signal": self.publish_no_signal,
             "admitted_from": dict(self.admitted_from),
             **self.pool.stats(),
+            **(self.reputation.stats() if self.reputation is not None else {}),
         }
 
     def close(self) -> None:

@@ -36,6 +36,12 @@ How it works
   8 nodes p99 0.10 s (8 KB) / 0.49 s (256 KB); DHT polling alone, 8 nodes p99 1.1 s, bounded by the poll backoff.
 * What arrives is de-duplicated by (publisher, seq); own records are never returned. A failed body fetch is
   retried on later polls (a few times) while the index record lives.
+* Re-mesh: hivemind drops a peer from the routing table on its first failed RPC and never calls the initial peers
+  again after start, so a node whose bootstrap peer restarted (with no memory of it) or whose network was
+  partitioned for a while would stay alone for good. Every ``REMESH_INTERVAL_S`` the node pings the initial peers
+  and the recent publishers that are missing from its routing table (dialling initial peers at their configured
+  address); the ping puts both sides back into each other's tables, and after a success a lookup of the node's own
+  id re-learns the rest of the swarm, as at start. Measured in tests/integration/test_chaos.py.
 
 Limits: the publisher must be reachable (directly or via a libp2p relay) while its receivers fetch bodies; a body
 is kept in its outbox for ``record_ttl_s`` (bounded by ``OUTBOX_MAX_BYTES``). Importing hivemind imports torch
@@ -125,6 +131,9 @@ out hundreds of hints on a 2-core machine (p99 6.7 s), fetching kept p99 at 3.6 
 FETCH_ATTEMPTS = 4
 FETCH_CONCURRENCY = 8
 RPC_TIMEOUT_S = 10.0
+REMESH_INTERVAL_S = 5.0
+REMESH_MAX_PEERS = 16
+PUBLISHERS_MAX = 4096
 _SIG_DOMAIN = b"sapo-swarm/dht-record/v1"
 
 
@@ -380,6 +389,7 @@ class HivemindTransport(Transport):
         await self._p2p.add_protobuf_handler(self._body_handler, self._serve_body, Blob)
         await self._p2p.add_protobuf_handler(self._hint_handler, self._on_hint, Blob)
         self._spawn(self._poll_loop())
+        self._spawn(self._remesh_loop())
 
     async def _astop(self) -> None:
         for task in list(self._tasks):
@@ -498,6 +508,49 @@ class HivemindTransport(Transport):
             self._count_error("hint_rejected")
         return Blob()
 
+    async def _remesh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REMESH_INTERVAL_S)
+            try:
+                await self._remesh_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("re-mesh failed: %r", e)
+                self._count_error("remesh_failed")
+
+    async def _remesh_once(self) -> int:
+        """Ping initial peers and recent publishers missing from the routing table; returns how many answered."""
+        table = self._node.protocol.routing_table
+        targets: dict[str, list[str]] = {}
+        for addr in self.initial_peers:
+            targets.setdefault(addr.rpartition("/p2p/")[2], []).append(addr)
+        horizon = time.time() - self.cfg.record_ttl_s
+        for peer, seen in self._publishers.items():
+            if seen > horizon:
+                targets.setdefault(peer, [])
+        targets.pop(self.peer_id, None)
+        answered = 0
+        missing = [(PeerID.from_base58(p), a) for p, a in targets.items() if PeerID.from_base58(p) not in table]
+        for pid, addrs in missing[:REMESH_MAX_PEERS]:  # initial peers first; bounded work per pass
+            peer = pid.to_base58()
+            if addrs:  # the daemon may have forgotten a restarted peer's address; dial the configured one
+                from multiaddr import Multiaddr
+
+                try:
+                    await asyncio.wait_for(self._p2p._client.connect(pid, [Multiaddr(a) for a in addrs]),
+                                           RPC_TIMEOUT_S)
+                except Exception as e:
+                    log.debug("re-mesh dial %s failed: %r", peer, e)
+                    continue
+            if await asyncio.wait_for(self._node.protocol.call_ping(pid), RPC_TIMEOUT_S) is not None:
+                self._node.blacklist.register_success(pid)
+                answered += 1
+        if answered:
+            log.debug("re-meshed with %d peer(s)", answered)
+            await asyncio.wait_for(self._node.find_nearest_nodes([self._node.node_id]), RPC_TIMEOUT_S)
+        return answered
+
     async def _poll_loop(self) -> None:
         interval = self.cfg.poll_interval_s
         while True:
@@ -539,7 +592,11 @@ class HivemindTransport(Transport):
         seq = meta[0]
         if seq != int(subkey.rpartition("/")[2]):
             return 0
+        # Most recent last; bounded, since Sybil keys are free (oldest forgotten first).
+        self._publishers.pop(owner, None)
         self._publishers[owner] = time.time()
+        while len(self._publishers) > PUBLISHERS_MAX:
+            del self._publishers[next(iter(self._publishers))]
         if (owner, seq) in self._seen:
             return 0
         self._seen[(owner, seq)] = time.time() + self.cfg.record_ttl_s + 2 * self.cfg.window_s

@@ -32,7 +32,7 @@ def test_smoke_scenario(tmp_path):
         leaked = {role: k for role, k in n["admitted_from_adversaries"].items() if role != "flooder"}
         assert not any(leaked.values()), leaked
         assert set(n["rejected"]) <= {"bad_signature", "false_claims", "undecodable", "oversize", "duplicate",
-                                      "self", "sender_mismatch", "rate_limited", "replay"}
+                                      "self", "sender_mismatch", "rate_limited", "replay", "ignored_peer"}
     rejected = report["totals"]["honest_rejected"]
     for reason in ("bad_signature", "false_claims", "undecodable", "oversize"):
         assert rejected.get(reason, 0) > 0, (reason, rejected)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 # The default warm start (200 steps) so that groups carry reward signal; built once per test session.
 NODE = ["--set", "threads=1", "--set", "checkpoint.every_rounds=100000"]
-HOSTILE_REASONS = {"bad_signature", "sender_mismatch", "replay", "duplicate", "self"}
+HOSTILE_REASONS = {"bad_signature", "sender_mismatch", "replay", "duplicate", "self", "ignored_peer"}
 
 
 def _node_json(run_dir):
@@ -77,7 +77,10 @@ def test_bootstrap_three_nodes_share_and_reject_forgeries(tmp_path):
             last = _last(d)
             assert set(last["rejected"]) <= HOSTILE_REASONS, last["rejected"]
             assert sum(last["rejected"].values()) == hostile, last["rejected"]  # each counted once, none admitted
-            assert last["rejected"].get("bad_signature", 0) == sent["forged"] + sent["tampered"]
+            # The hostile peer's failures are charged to it (the transport authenticates it as the sender):
+            # after swarm.reputation.ignore_at (16) of them it is ignored, and the rest are dropped unverified.
+            bad, ignored = last["rejected"].get("bad_signature", 0), last["rejected"].get("ignored_peer", 0)
+            assert bad >= 16 and ignored > 0 and bad + ignored >= sent["forged"] + sent["tampered"], last["rejected"]
             assert last["round"] > before  # still training
         for p in procs:
             assert p.poll() is None, "a node died"

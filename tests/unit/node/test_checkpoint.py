@@ -66,3 +66,55 @@ def test_lora_checkpoint_holds_only_adapters(tmp_path):
     keys = set(load_file(str(path / "model.safetensors")))
     assert keys and all("lora_" in k for k in keys)
     load_checkpoint(path, model, opt)
+
+
+def test_a_crash_between_the_two_renames_of_a_resave_loses_nothing(tmp_path):
+    model, opt = _model_and_opt(0)
+    save_checkpoint(tmp_path, 4, model, opt)
+    save_checkpoint(tmp_path, 5, model, opt, {"mark": "old"})
+    root = tmp_path / "checkpoints"
+    # a re-save of round 5 was killed after moving the old copy aside, before its new copy took the name
+    (root / "round-000005").rename(root / ".old-round-000005-99999")
+    (root / ".tmp-round-000005-99999").mkdir()
+    assert latest_checkpoint(tmp_path) == root / ".old-round-000005-99999"
+    assert load_checkpoint(latest_checkpoint(tmp_path), model, opt)["mark"] == "old"
+    save_checkpoint(tmp_path, 6, model, opt, keep=2)  # the next save puts the old copy back and cleans up
+    assert sorted(p.name for p in root.iterdir()) == ["round-000005", "round-000006"]
+
+
+def test_a_full_disk_raises_disk_full_and_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    import node.checkpoint as ck
+
+    model, opt = _model_and_opt(0)
+    good = save_checkpoint(tmp_path, 3, model, opt)
+
+    def write_half_then_fail(tmp, *args):
+        (tmp / "model.safetensors").write_bytes(b"\0" * 1000)
+        # what torch.save's C++ writer raises when the disk fills (the errno is lost on the way)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1758272 vs 1758160")
+
+    monkeypatch.setattr(ck, "_write_files", write_half_then_fail)
+    monkeypatch.setattr(ck, "_no_space_left", lambda path: True)
+    with pytest.raises(ck.DiskFullError) as info:
+        save_checkpoint(tmp_path, 6, model, opt)
+    assert str(info.value).startswith("disk full: no space left on device while writing checkpoint ")
+    assert str(tmp_path / "checkpoints" / ".tmp-round-000006-") in str(info.value)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["round-000003"]
+    assert latest_checkpoint(tmp_path) == good
+    message = ck.disk_full_message(info.value, tmp_path)
+    assert f"the newest complete checkpoint {good} is intact" in message and "run the same command" in message
+
+    # the same failure with free space left is not a full disk: it propagates as it was, still cleaned up
+    monkeypatch.setattr(ck, "_no_space_left", lambda path: False)
+    with pytest.raises(RuntimeError, match="enforce fail"):
+        save_checkpoint(tmp_path, 6, model, opt)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["round-000003"]
+    # an errno anywhere in the chain is enough (safetensors reports "No space left on device (os error 28)")
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("writer failed") from exc
+    except RuntimeError as exc:
+        assert ck._caused_by_full_disk(exc)
+    assert not ck._caused_by_full_disk(RuntimeError("boom"))

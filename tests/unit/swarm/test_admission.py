@@ -137,6 +137,8 @@ def test_schema_decode():
     {"logprobs": [[-1.0]]},
     {"completions": ["x" * 16385] + ["a"] * 3},
     {"reward_claims": [1.0, 1.0]},
+    {"reward_claims": [float("nan")] * 4},  # NaN never compares "different": it would dodge false_claims
+    {"completions": ["x"] * 300, "finished": [True] * 300, "reward_claims": []},  # over the wire cap
     {"seq": -1},
     {"model_id": "m" * 300},
 ])
@@ -462,3 +464,33 @@ def test_false_reward_claims_rejected_by_default():
     assert a.admit(payload(ident, seq=2, group=honest), ident.peer_id) is not None
     no_claims = make_group(3, texts=[right, "<answer>nope</answer>"], rewards=[])
     assert a.admit(payload(ident, seq=3, group=no_claims), ident.peer_id) is not None
+
+
+def test_remembered_seqs_are_bounded_in_total(monkeypatch):
+    monkeypatch.setattr(adm, "SEQS_PER_PEER", 3)
+    monkeypatch.setattr(adm, "MAX_TRACKED_PEERS", 100)
+    monkeypatch.setattr(adm, "MAX_REMEMBERED_SEQS", 7)
+    a = make_admission(AdmissionConfig(burst_per_peer=1000, rate_per_peer=1000))
+    idents = [Identity.generate() for _ in range(6)]
+    for ident in idents:
+        for seq in range(5):
+            assert a.admit(payload(ident, seq=seq)) is not None
+            assert a._n_seqs == sum(len(s) for s in a._seqs.values()) <= 7
+    assert all(len(s) <= 3 for s in a._seqs.values())
+    assert list(a._seqs)[-1] == idents[-1].peer_id and len(a._seqs[idents[-1].peer_id]) == 3
+    # the newest signer's window is intact: a reused seq with another body is still a replay
+    assert reject_reason(a, payload(idents[-1], seq=4, group=make_group(9))) == "replay"
+
+
+def test_compression_ratio_is_capped_beyond_the_free_size():
+    import random as _random
+
+    ident = Identity.generate()
+    a = make_admission()
+    big = ["a" * 16_000] * 32  # ~512 KiB of text that compresses ~1000x
+    assert reject_reason(a, payload(ident, seq=1, group=make_group(0, texts=big, rewards=[0.0] * 32))) == "oversize"
+    rng = _random.Random(0)
+    words = ["".join(rng.choice("abcdefghij ") for _ in range(16_000)) for _ in range(32)]  # ~2.5x
+    assert a.admit(payload(ident, seq=2, group=make_group(0, texts=words, rewards=[0.0] * 32))) is not None
+    assert a.admit(payload(ident, seq=3, group=make_group(0, texts=["a" * 16_000] * 4, rewards=[0.0] * 4))) \
+        is not None  # 64 KiB of repetition: under RATIO_FREE_BYTES

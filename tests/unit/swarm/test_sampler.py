@@ -78,3 +78,68 @@ def test_reuse_keeps_groups():
     pool = ExternalPool(PoolConfig(reuse=True))
     pool.add(_group("a"))
     assert len(pool.sample(1, random.Random(0))) == 1 and len(pool) == 1
+
+
+class _Weights:
+    def __init__(self, weights):
+        self.weights = weights
+
+    def weight(self, peer):
+        return self.weights.get(peer, 1.0)
+
+
+def test_clean_reputation_keeps_the_uniform_order():
+    def batch(reputation):
+        pool = ExternalPool(PoolConfig(per_peer_per_batch=3), reputation=reputation)
+        for i in range(20):
+            pool.add(_group(f"p{i % 7}"))
+        return [g.origin for g in pool.sample(8, random.Random(42))]
+
+    assert batch(None) == batch(_Weights({}))
+
+
+def test_reputation_weights_sampling_and_excludes_ignored_peers():
+    counts = {"a": 0, "b": 0, "c": 0}
+    for seed in range(3000):
+        pool = ExternalPool(PoolConfig(per_peer_per_batch=10), reputation=_Weights({"b": 0.25, "c": 0.0}))
+        for peer in counts:
+            pool.add(_group(peer))
+        for g in pool.sample(1, random.Random(seed)):
+            counts[g.origin] += 1
+    assert counts["c"] == 0
+    assert 0.18 < counts["b"] / counts["a"] < 0.32, counts
+    # Weighted order still fills the batch from the peers that are not ignored.
+    pool = ExternalPool(PoolConfig(per_peer_per_batch=10), reputation=_Weights({"b": 0.25, "c": 0.0}))
+    for peer in "abcabc":
+        pool.add(_group(peer))
+    assert sorted(g.origin for g in pool.sample(10, random.Random(0))) == ["a", "a", "b", "b"]
+
+
+def test_per_peer_bound_evicts_that_peers_oldest_group():
+    pool = ExternalPool(PoolConfig(max_per_peer=2, max_groups=100, reuse=True, per_peer_per_batch=100))
+    first = _group("a")
+    pool.add(first)
+    for peer in "bcb":
+        pool.add(_group(peer))
+    pool.add(_group("a"))
+    pool.add(_group("a"))  # a is at its bound: its oldest group (first) goes, nobody else's
+    groups = pool.sample(100, random.Random(0))
+    assert all(g is not first for g in groups)
+    assert sorted(g.origin for g in groups) == ["a", "a", "b", "b", "c"]
+    assert pool.stats()["pool_evicted"] == 1
+
+
+def test_pool_memory_of_texts_is_bounded():
+    big = 100_000
+    pool = ExternalPool(PoolConfig(max_text_bytes=5 * big, per_peer_per_batch=100))
+
+    def group(peer):
+        return RolloutGroup(task=TASK, prompt="q", completions=[Completion("x" * big), Completion("y")],
+                            rewards=[1.0, 0.0], origin=peer)
+
+    for i in range(20):
+        assert pool.add(group(f"p{i}"))
+        assert pool.stats()["pool_text_bytes"] <= 5 * big
+    assert len(pool) == 4  # each group takes a bit over 100 kB
+    assert sorted(g.origin for g in pool.sample(10, random.Random(0))) == ["p16", "p17", "p18", "p19"]
+    assert pool.stats()["pool_text_bytes"] == 0
