@@ -388,6 +388,9 @@ class RuntimeConfig(Section):
     this many steps newer than its own, and always when the staleness bound needs it."""
     buffer_rounds: int = Field(2, ge=1)
     """``async``: rounds the generator may have finished and queued ahead of the trainer."""
+    generator_threads: int | None = Field(None, ge=1)
+    """``async`` on a CPU: torch threads of the generator thread; the trainer gets the rest of ``threads``.
+    ``None`` = half of them (at least 1)."""
 
 
 class Config(Section):
