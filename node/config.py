@@ -228,13 +228,17 @@ class HivemindTransportConfig(Section):
 class RelayConfig(Section):
     enabled: bool = False
     """Reach and be reached through libp2p circuit relay v2 (for nodes behind NAT): reserve a slot on the relays,
-    advertise ``<relay>/p2p-circuit/p2p/<me>``, dial peers through their relay when their direct addresses fail.
-    No hole punching: relayed peers stay relayed."""
+    advertise ``<relay>/p2p-circuit/p2p/<me>``, dial peers through their relay when their direct addresses fail."""
     relays: list[str] = []
     """Relay multiaddrs to reserve a slot on (e.g. a `sapo bootstrap --transport libp2p --relay`); empty = the
     initial peers that accept a reservation. With ``enabled``, none accepting stops the node with an error."""
     hop: bool = False
     """Act as a relay for others (what `sapo bootstrap --relay` turns on)."""
+    hole_punch: bool = True
+    """With ``enabled``: upgrade each relayed connection to a direct one where the NATs allow it (DCUtR: both
+    sides dial each other from their listen port at once, a TCP simultaneous open that port-preserving NATs let
+    through); the relayed connection is closed 60 s after the direct one works. Peers stay relayed when it fails
+    (e.g. behind NATs that change the source port)."""
 
 
 class Libp2pTransportConfig(Section):

@@ -32,8 +32,8 @@ How it works
   against the signed digest, so a hint is only a shortcut; the DHT stays the source of truth. Receivers still poll
   the current and previous window keys, with backoff from ``poll_interval_s`` to ``max_poll_interval_s`` (back to
   fast when something new appeared), which catches whatever hints missed (new joiners, peers beyond the routing
-  table, lost hints). Measured on a 2-core machine (scripts/bench_transport.py, 5 messages per peer): with hints,
-  8 nodes p99 0.10 s (8 KB) / 0.49 s (256 KB); DHT polling alone, 8 nodes p99 1.1 s, bounded by the poll backoff.
+  table, lost hints). Measured: README "Measured" (scripts/bench_transport.py, both backends side by side:
+  latency, wire bytes per envelope, CPU per node); DHT polling alone, 8 nodes p99 1.1 s, bounded by the backoff.
 * What arrives is de-duplicated by (publisher, seq); own records are never returned. A failed body fetch is
   retried on later polls (a few times) while the index record lives.
 * Re-mesh: hivemind drops a peer from the routing table on its first failed RPC and never calls the initial peers

@@ -30,11 +30,13 @@ How it works
 * Relay (``libp2p_relay``): ``cfg.relay.hop`` makes this host a circuit relay v2 for others (``sapo bootstrap
   --relay``); ``cfg.relay.enabled`` reserves a slot on the relays (``relay.relays``, else the initial peers that
   accept), adds ``<relay>/p2p-circuit/p2p/<me>`` to ``addresses()`` and to what identify announces, and dials peers
-  that have only circuit addresses (given in ``initial_peers`` or learnt from the DHT) through their relay.
+  that have only circuit addresses (given in ``initial_peers`` or learnt from the DHT) through their relay;
+  ``cfg.relay.hole_punch`` then tries to replace each relayed connection with a direct one (DCUtR).
 * QUIC: ``/ip4/.../udp/N/quic-v1`` listen addresses turn on py-libp2p's QUIC transport (TCP and QUIC may be mixed).
 
-Limits: no hole punching (DCUtR), so two NATed peers stay on the relayed path. hivemind and py-libp2p cannot be
-imported in one process (both register the protobuf package ``crypto.pb``): a node uses one backend.
+Limits: two NATed peers stay on the relayed path where hole punching fails (NATs that do not keep the source
+port; only TCP hole punching is tested). hivemind and py-libp2p cannot be imported in one process (both
+register the protobuf package ``crypto.pb``): a node uses one backend.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V1
 from libp2p.pubsub import pubsub as _pubsub_module  # noqa: E402
 from libp2p.pubsub.pubsub import Pubsub  # noqa: E402
 from libp2p.pubsub.rpc_queue import RpcQueue  # noqa: E402
+from libp2p.exceptions import ParseError  # noqa: E402
+from libp2p.io.exceptions import IncompleteReadError  # noqa: E402
+from libp2p.network.stream.exceptions import StreamError  # noqa: E402
 from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
 from node.config import Libp2pTransportConfig  # noqa: E402
@@ -87,6 +92,10 @@ payload is 18 frames (each with its own RPCs) and lost its last chunks. 256 x 60
 our own publishing also waits for room (``_wait_for_room``), so this slack is for relayed frames."""
 
 
+_STREAM_ENDS = (StreamError, ParseError, IncompleteReadError)
+"""How a peer's pubsub stream ends normally (closed, reset, connection gone); anything else is a bad frame."""
+
+
 class _RoomyRpcQueue(RpcQueue):
     def __init__(self, max_size: int = OUTBOUND_QUEUE_RPCS, **kw):
         super().__init__(max_size=max_size, **kw)
@@ -103,6 +112,10 @@ class _GuardedPubsub(Pubsub):
     on_bad_peer = None  # set by the transport: callable(peer_id: ID, reason: str)
     on_message = None  # set by the transport: callable(msg: rpc_pb2.Message), runs synchronously on the trio thread
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._inbound: dict[ID, object] = {}  # peer -> its newest inbound pubsub stream still being read
+
     def notify_subscriptions(self, publish_message) -> None:
         # Stock pubsub hands messages to a 32-slot channel and drops them silently when it is full, which lost
         # chunks of 1 MB payloads (18 frames arriving back to back). Reassembly is cheap and synchronous, so the
@@ -111,9 +124,16 @@ class _GuardedPubsub(Pubsub):
             self.on_message(publish_message)
 
     async def stream_handler(self, stream) -> None:
+        # Stock handler plus: any exception (not only stream/parse errors) ends just this peer's stream and
+        # penalises the peer; and the peer's subscriptions are forgotten only when its *current* inbound stream
+        # ends (``_inbound``). A peer announces its topics once per stream, on open. When a peer moves to a new
+        # connection (DCUtR: relayed -> direct, then the relayed one is closed), its new stream's announcement can
+        # arrive before the old stream's end is noticed; stock pubsub then forgets the topics just announced and
+        # never sends that peer anything again (measured: one direction of a hole-punched pair went silent).
         peer_id = stream.muxed_conn.peer_id
+        self._inbound[peer_id] = stream
         try:
-            await super().stream_handler(stream)
+            await self.continuously_read_stream(stream)
         except trio.Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 - hostile bytes reach protobuf, which raises DecodeError & co
@@ -122,9 +142,19 @@ class _GuardedPubsub(Pubsub):
                 await stream.reset()
             except Exception:  # noqa: BLE001 - the stream may already be gone
                 pass
+            if self._inbound.get(peer_id) is stream:
+                del self._inbound[peer_id]
             self._handle_dead_peer(peer_id)
-            if self.on_bad_peer is not None:
+            if not isinstance(e, _STREAM_ENDS) and self.on_bad_peer is not None:
                 self.on_bad_peer(peer_id, type(e).__name__)
+        finally:
+            if self._inbound.get(peer_id) is stream:
+                del self._inbound[peer_id]
+
+    def _forget_all_subscriptions(self, peer_id: ID) -> None:
+        if peer_id in self._inbound and peer_id not in self.blacklisted_peers:
+            return  # a live (newer) inbound stream carries the peer's current subscriptions
+        super()._forget_all_subscriptions(peer_id)
 
 
 def _first_transport_error(e: BaseException) -> TransportError | None:
@@ -323,6 +353,8 @@ class Libp2pTransport(Transport):
             await stack.enter_async_context(background_trio_service(router))
             if self._relay is not None:
                 await stack.enter_async_context(background_trio_service(self._relay.protocol))
+                if self._relay.dcutr is not None:
+                    await stack.enter_async_context(background_trio_service(self._relay.dcutr))
             await pubsub.wait_until_ready()
             await pubsub.subscribe(self.topic)
             self._addresses = [str(a) for a in host.get_addrs() if not is_circuit(a)]

@@ -10,7 +10,8 @@ The child prints ``{"event": "ready", "peer_id", "addresses", "pid"}`` once star
                              (what arrived since the previous "received")
     {"cmd": "addresses"} / {"cmd": "peers"} / {"cmd": "stats"} / {"cmd": "stop"} (stops, answers, exits 0)
 
-EOF on stdin also stops it. Logs go to stderr. ``PeerProcess`` is the parent side.
+EOF on stdin also stops it. Logs go to stderr. ``PeerProcess`` is the parent side; its ``processes()`` lists the
+child and the child's own children (p2pd for hivemind), e.g. to sum their CPU time or find their sockets.
 """
 
 from __future__ import annotations
@@ -208,6 +209,16 @@ class PeerProcess:
     @property
     def peer_id(self) -> str | None:
         return self.info.get("peer_id")
+
+    def processes(self) -> list:
+        """``psutil.Process`` of the child and of its live descendants (p2pd for hivemind); [] once it has exited."""
+        import psutil
+
+        try:
+            me = psutil.Process(self.proc.pid)
+            return [me, *me.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def request(self, cmd: str, timeout: float = 30, **kw) -> dict:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
