@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-from node.generator.hf import HFGenerator, filter_logits
+from node.generator.hf import HFGenerator
 from node.rollout import Completion
 
 WIDTH_BUCKET = 32
@@ -167,14 +167,9 @@ class FastGenerator(HFGenerator):
         finished = torch.zeros(b, dtype=torch.bool, device=self.device)
         toks, lps = [], []
         for step in range(cfg.max_new_tokens):
-            scores = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-            logp = torch.log_softmax(scores, dim=-1)
-            tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
-            lp = logp.gather(1, tok[:, None]).squeeze(1)
-            tok = torch.where(finished, torch.full_like(tok, self.pad_id), tok)
+            tok, lp, finished = self._sample_step(logits, gen, finished)
             toks.append(tok)
             lps.append(lp)
-            finished = finished | torch.isin(tok, self.eos_ids)
             if step == cfg.max_new_tokens - 1:
                 break
             if (step + 1) % EOS_CHECK_EVERY == 0 and bool(finished[:real].all()):

@@ -88,6 +88,17 @@ class HFGenerator(Generator):
             self.model.train(was_training)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
+    def _sample_step(self, logits: torch.Tensor, gen: torch.Generator, finished: torch.Tensor):
+        """One token per row from ``softmax(filter(logits / T))``, its logprob under exactly that distribution,
+        pad for rows already finished, and the updated finished mask."""
+        cfg = self.cfg
+        scores = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+        logp = torch.log_softmax(scores, dim=-1)
+        tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+        lp = logp.gather(1, tok[:, None]).squeeze(1)
+        tok = torch.where(finished, torch.full_like(tok, self.pad_id), tok)
+        return tok, lp, finished | torch.isin(tok, self.eos_ids)
+
     def _sample_batch(self, prompts: list[list[int]], gen: torch.Generator) -> list[Completion]:
         cfg = self.cfg
         b = len(prompts)
@@ -106,14 +117,9 @@ class HFGenerator(Generator):
         finished = torch.zeros(b, dtype=torch.bool, device=self.device)
         toks, lps = [], []
         for step in range(cfg.max_new_tokens):
-            scores = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-            logp = torch.log_softmax(scores, dim=-1)
-            tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
-            lp = logp.gather(1, tok[:, None]).squeeze(1)
-            tok = torch.where(finished, torch.full_like(tok, self.pad_id), tok)
+            tok, lp, finished = self._sample_step(logits, gen, finished)
             toks.append(tok)
             lps.append(lp)
-            finished = finished | torch.isin(tok, self.eos_ids)
             if bool(finished.all()) or step == cfg.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], dim=1)

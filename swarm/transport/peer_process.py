@@ -240,24 +240,22 @@ class PeerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
+                self._terminate_then_kill()
         self._log.close()
         return self.proc.returncode
 
     def terminate(self) -> None:
         """Abrupt leave (SIGTERM): no goodbye, as when a peer's machine goes away."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            self._terminate_then_kill()
+
+    def _terminate_then_kill(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 if __name__ == "__main__":
