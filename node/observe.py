@@ -18,6 +18,7 @@ goes to ``metrics.jsonl``, once per round, so the endpoint and the file never di
 | ``sapo_published_total`` | counter | own groups published |
 | ``sapo_peers`` | gauge | connected peers |
 | ``sapo_bytes_total{direction="in|out"}`` | counter | transport bytes |
+| ``sapo_transport_events_total{kind}`` | counter | the transport backend's own counts (failed dials and fetches, dropped frames, re-opened streams) |
 | ``sapo_staleness`` | gauge | policy versions between the generating and the trained policy (0 in sync mode) |
 | ``sapo_tis_ess`` | gauge | effective sample size (fraction) of the round's off-policy token weights |
 | ``sapo_wait_seconds{side="generator|trainer"}`` | gauge | async mode: time the generator waited for the staleness bound / the trainer for a round |
@@ -49,7 +50,7 @@ METRIC_NAMES = (
     "sapo_train_tokens_per_second", "sapo_round_seconds", "sapo_groups", "sapo_admitted_total",
     "sapo_rejected_total", "sapo_published_total", "sapo_peers", "sapo_bytes_total", "sapo_staleness",
     "sapo_checkpoint_round", "sapo_checkpoint_age_seconds", "sapo_last_round_timestamp_seconds",
-    "sapo_tis_ess", "sapo_wait_seconds", "sapo_peers_ignored", "sapo_peers_penalized",
+    "sapo_tis_ess", "sapo_wait_seconds", "sapo_peers_ignored", "sapo_peers_penalized", "sapo_transport_events_total",
 )
 _CKPT = re.compile(r"^round-(\d{6,})$")
 
@@ -183,6 +184,12 @@ class _RowCollector:
         nbytes.add_metric(["in"], _num(row.get("bytes_in")))
         nbytes.add_metric(["out"], _num(row.get("bytes_out")))
         yield nbytes
+        events = CounterMetricFamily("sapo_transport_events", "Transport backend events since the process started "
+                                     "(failed dials and fetches, dropped frames, re-opened streams), by kind",
+                                     labels=["kind"])
+        for kind, n in sorted((row.get("transport_events") or {}).items()):
+            events.add_metric([str(kind)], _num(n))
+        yield events
 
 
 class Exporter:

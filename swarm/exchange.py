@@ -160,6 +160,7 @@ class SwarmExchange:
             "rejected": dict(sorted(a["rejected"].items())),
             "peers": self._peers,
             "transport_errors": self.transport_errors,
+            "transport_events": dict(sorted(t.errors.items())),
             "bytes_in": t.bytes_in,
             "bytes_out": t.bytes_out,
             "published": self.published,

@@ -10,7 +10,10 @@ Lifecycle: ``start()`` (listening, bootstrapped) -> any number of ``publish`` / 
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -38,6 +41,47 @@ class TransportStats:
     messages_in: int = 0
     messages_out: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+INBOX_MAX = 10_000
+INBOX_MAX_BYTES = 256 * 1024 * 1024
+"""What a transport holds for the node between two ``incoming()`` calls. Past either bound the oldest payload is
+dropped and counted (``errors["inbox_overflow"]``): a flood costs bounded memory, never an unbounded queue."""
+
+
+class Inbox:
+    """The thread-safe, bounded queue between a backend's event loop (``put``) and the node (``drain``).
+    ``lock`` and ``stats`` are the transport's own, so messages_in / bytes_in / errors stay in one place."""
+
+    def __init__(self, lock: threading.Lock, stats: TransportStats, max_items: int = INBOX_MAX,
+                 max_bytes: int = INBOX_MAX_BYTES):
+        self._lock, self._stats = lock, stats
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: deque[Received] = deque()
+        self._bytes = 0
+
+    def put(self, payload: bytes, sender: str | None) -> None:
+        with self._lock:
+            self._items.append(Received(payload=payload, sender=sender, received_at=time.time()))
+            self._bytes += len(payload)
+            self._stats.messages_in += 1
+            self._stats.bytes_in += len(payload)
+            while len(self._items) > self.max_items or (self._bytes > self.max_bytes and len(self._items) > 1):
+                self._bytes -= len(self._items.popleft().payload)
+                self._stats.errors["inbox_overflow"] = self._stats.errors.get("inbox_overflow", 0) + 1
+
+    def drain(self, max_items: int | None = None) -> list[Received]:
+        out = []
+        with self._lock:
+            while self._items and (max_items is None or len(out) < max_items):
+                item = self._items.popleft()
+                self._bytes -= len(item.payload)
+                out.append(item)
+        return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 class Transport(ABC):

@@ -59,14 +59,13 @@ import struct
 import tempfile
 import threading
 import time
-from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import msgpack
 
 from node.config import HivemindTransportConfig
 from swarm.identity import Identity, public_from_peer_id
-from swarm.transport.base import BootstrapError, Received, Transport, TransportError, TransportStats
+from swarm.transport.base import BootstrapError, Inbox, Received, Transport, TransportError, TransportStats
 
 if "HIVEMIND_LOGLEVEL" not in os.environ:
     # hivemind logs every unreachable peer at WARNING; the transport counts those in stats() instead.
@@ -134,6 +133,9 @@ RPC_TIMEOUT_S = 10.0
 REMESH_INTERVAL_S = 5.0
 REMESH_MAX_PEERS = 16
 PUBLISHERS_MAX = 4096
+SEEN_MAX = 100_000
+"""(publisher, seq) pairs remembered as delivered, oldest forgotten first: Sybil publishers are free, so this must
+not grow with what they store. Forgetting early costs at most a duplicate delivery, which the pool drops."""
 _SIG_DOMAIN = b"sapo-swarm/dht-record/v1"
 
 
@@ -240,8 +242,8 @@ class HivemindTransport(Transport):
         self._hint_handler = f"sapo/{swarm_id}/hint"
 
         self._lock = threading.Lock()
-        self._inbox: deque[Received] = deque()
         self._stats = TransportStats()
+        self._inbox = Inbox(self._lock, self._stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._p2p: P2P | None = None
@@ -288,11 +290,7 @@ class HivemindTransport(Transport):
         asyncio.run_coroutine_threadsafe(self._apublish(payload), self._loop)
 
     def incoming(self, max_items: int | None = None) -> list[Received]:
-        out = []
-        with self._lock:
-            while self._inbox and (max_items is None or len(out) < max_items):
-                out.append(self._inbox.popleft())
-        return out
+        return self._inbox.drain(max_items)
 
     def peers(self) -> list[str]:
         if not self._started or self._stopped:
@@ -600,6 +598,10 @@ class HivemindTransport(Transport):
         if (owner, seq) in self._seen:
             return 0
         self._seen[(owner, seq)] = time.time() + self.cfg.record_ttl_s + 2 * self.cfg.window_s
+        while len(self._seen) > SEEN_MAX:
+            oldest = next(iter(self._seen))
+            del self._seen[oldest]
+            self._attempts.pop(oldest, None)
         if body and len(body) == meta[1] and hashlib.sha256(body).digest() == meta[2]:
             self._deliver(owner, body)
         else:
@@ -609,10 +611,7 @@ class HivemindTransport(Transport):
         return 1
 
     def _deliver(self, owner: str, payload: bytes) -> None:
-        with self._lock:
-            self._inbox.append(Received(payload=payload, sender=owner, received_at=time.time()))
-            self._stats.messages_in += 1
-            self._stats.bytes_in += len(payload)
+        self._inbox.put(payload, owner)
 
     async def _fetch(self, owner: str, meta: tuple[int, int, bytes, float]) -> None:
         seq, size, digest, _ = meta

@@ -9,7 +9,8 @@ How it works
 ------------
 * A py-libp2p host (TCP, noise, yamux) whose key pair is built from the node's Ed25519 seed, so the host's peer
   id == ``identity.peer_id`` == envelope signer (checked in ``start``). trio runs on its own daemon thread; the
-  public methods are synchronous and hop onto it with ``trio.from_thread`` (a lock-protected deque for the inbox).
+  public methods are synchronous and hop onto it with ``trio.from_thread`` (a bounded, lock-protected ``Inbox``
+  in between).
 * Gossipsub on ``sapo/<swarm_id>/rollouts/1`` with strict signing: every gossip message carries its author's
   ``from`` and signature, verified by each receiver, so ``Received.sender`` is the author, never the neighbour
   that relayed it. Own messages are filtered out.
@@ -46,7 +47,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 
 import multiaddr  # noqa: E402
 import trio  # noqa: E402
@@ -65,12 +65,12 @@ from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
 from node.config import Libp2pTransportConfig  # noqa: E402
 from swarm.identity import Identity  # noqa: E402
-from swarm.transport.base import BootstrapError, Received, Transport, TransportError, TransportStats  # noqa: E402
+from swarm.transport.base import BootstrapError, Inbox, Received, Transport, TransportError, TransportStats  # noqa: E402
 from swarm.transport.libp2p_frames import MAX_PAYLOAD_BYTES, FrameError, Reassembler, split  # noqa: E402
 from swarm.transport.libp2p_relay import RelayPart, is_circuit, patch_host_addrs  # noqa: E402
 
 log = logging.getLogger(__name__)
-if "LIBP2P_LOGLEVEL" not in os.environ:
+if "LIBP2P_DEBUG" not in os.environ:
     # py-libp2p logs every dropped stream and peer at WARNING (stats() counts ours); its import sets its own
     # levels, so this comes after the imports.
     logging.getLogger("libp2p").setLevel(logging.ERROR)
@@ -80,7 +80,10 @@ PENALTY_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 DISCOVERY_INTERVAL_S = 2.0
 MAX_DIALS_PER_ROUND = 8
-INBOX_MAX = 10_000
+HEAL_GRACE_S = 6.0
+HEAL_BACKOFF_MAX_S = 300.0
+"""A peer connected for HEAL_GRACE_S without a pubsub stream gets one re-opened; then again after 2x, 4x, ... the
+grace, up to HEAL_BACKOFF_MAX_S (``_heal_pubsub``)."""
 MAX_INBOUND_RPC_BYTES = 1024 * 1024
 """Stock py-libp2p cap on one inbound pubsub RPC; our frames stay under cfg.max_frame_bytes, honest RPCs that
 batch control messages stay far below this."""
@@ -94,6 +97,28 @@ our own publishing also waits for room (``_wait_for_room``), so this slack is fo
 
 _STREAM_ENDS = (StreamError, ParseError, IncompleteReadError)
 """How a peer's pubsub stream ends normally (closed, reset, connection gone); anything else is a bad frame."""
+
+
+class _Overdue:
+    """Which peers have been in some bad state long enough to act on: ``due`` is True once a peer has been bad
+    for HEAL_GRACE_S, then again after 2x, 4x, ... that, up to HEAL_BACKOFF_MAX_S; a good report resets it."""
+
+    def __init__(self):
+        self._next: dict[ID, tuple[float, float]] = {}  # peer -> (when to act next, backoff after that)
+
+    def due(self, pid: ID, bad: bool, now: float) -> bool:
+        if not bad:
+            self._next.pop(pid, None)
+            return False
+        when, backoff = self._next.setdefault(pid, (now + HEAL_GRACE_S, HEAL_GRACE_S))
+        if now < when:
+            return False
+        self._next[pid] = (now + backoff, min(2 * backoff, HEAL_BACKOFF_MAX_S))
+        return True
+
+    def forget_all_but(self, pids: set) -> None:
+        for pid in [p for p in self._next if p not in pids]:
+            del self._next[pid]
 
 
 class _RoomyRpcQueue(RpcQueue):
@@ -115,6 +140,23 @@ class _GuardedPubsub(Pubsub):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self._inbound: dict[ID, object] = {}  # peer -> its newest inbound pubsub stream still being read
+        self._reset_by_us: set = set()  # inbound streams we reset on purpose (``reset_inbound``): not the peer's fault
+
+    @property
+    def inbound(self) -> dict:
+        return self._inbound
+
+    async def reset_inbound(self, peer_id: ID) -> None:
+        """Reset the peer's inbound stream: its next write fails, so it re-registers with us and re-announces its
+        topics on the new stream."""
+        stream = self._inbound.get(peer_id)
+        if stream is None:
+            return
+        self._reset_by_us.add(stream)
+        try:
+            await stream.reset()
+        except Exception as e:  # noqa: BLE001 - the stream may already be gone
+            log.debug("reset of %s's inbound stream failed: %r", peer_id, e)
 
     def notify_subscriptions(self, publish_message) -> None:
         # Stock pubsub hands messages to a 32-slot channel and drops them silently when it is full, which lost
@@ -145,9 +187,10 @@ class _GuardedPubsub(Pubsub):
             if self._inbound.get(peer_id) is stream:
                 del self._inbound[peer_id]
             self._handle_dead_peer(peer_id)
-            if not isinstance(e, _STREAM_ENDS) and self.on_bad_peer is not None:
+            if not isinstance(e, _STREAM_ENDS) and stream not in self._reset_by_us and self.on_bad_peer is not None:
                 self.on_bad_peer(peer_id, type(e).__name__)
         finally:
+            self._reset_by_us.discard(stream)
             if self._inbound.get(peer_id) is stream:
                 del self._inbound[peer_id]
 
@@ -184,8 +227,8 @@ class Libp2pTransport(Transport):
         self.topic = f"sapo/{swarm_id}/rollouts/1"
 
         self._lock = threading.Lock()
-        self._inbox: deque[Received] = deque(maxlen=INBOX_MAX)
         self._stats = TransportStats()
+        self._inbox = Inbox(self._lock, self._stats)
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
@@ -203,6 +246,7 @@ class Libp2pTransport(Transport):
         self._stop_event: trio.Event | None = None
         self._out_send = None
         self._penalised: dict[ID, float] = {}
+        self._no_stream, self._no_topics = _Overdue(), _Overdue()  # peers needing _heal_pubsub
         self._reasm = Reassembler()
         self._my_id = b""
 
@@ -238,11 +282,7 @@ class Libp2pTransport(Transport):
             raise TransportError("libp2p transport stopped") from None
 
     def incoming(self, max_items: int | None = None) -> list[Received]:
-        out = []
-        with self._lock:
-            while self._inbox and (max_items is None or len(out) < max_items):
-                out.append(self._inbox.popleft())
-        return out
+        return self._inbox.drain(max_items)
 
     def peers(self) -> list[str]:
         if not self._started or self._stopped or self._token is None:
@@ -483,10 +523,7 @@ class Libp2pTransport(Transport):
             self._count_error(f"frame_{e.reason}")
             return
         if payload is not None:
-            with self._lock:
-                self._inbox.append(Received(payload=payload, sender=author, received_at=time.time()))
-                self._stats.messages_in += 1
-                self._stats.bytes_in += len(payload)
+            self._inbox.put(payload, author)
 
     async def _maintenance_loop(self) -> None:
         """Expire partial messages and penalties; dial peers found by mDNS or the DHT."""
@@ -500,11 +537,45 @@ class Libp2pTransport(Transport):
                     self._pubsub.remove_from_blacklist(peer)
             if self._relay is not None and self.cfg.relay.enabled:
                 self._relay_addresses = self._relay.addresses()
+            await self._heal_pubsub(now)
             try:
                 await self._dial_discovered()
             except Exception as e:  # noqa: BLE001 - discovery is best effort
                 log.debug("discovery round failed: %r", e)
                 self._count_error("discovery_failed")
+
+    async def _heal_pubsub(self, now: float) -> None:
+        """Keep gossip flowing both ways with every connected peer when py-libp2p's own bookkeeping slips.
+
+        py-libp2p registers a peer once per connection event and gives up for good on errors other than
+        SwarmException/StreamClosed. When a peer's connections change under it (a hole punch makes the link
+        direct, then the relay goes away) our stream to it can die on the old connection while the registration
+        on the new one fails that way; or the peer's topic announcement can be lost in the same shuffle. Either
+        way nothing retries, and that peer never hears from us again (seen once in CI: no rollout admitted for
+        180 s after the relay stopped). So, for peers in such a state for HEAL_GRACE_S (then with a doubling
+        backoff, for peers that just do not speak pubsub or our topic):
+        * our stream's connection closed: drop it (py-libp2p re-registers on a live connection);
+        * connected without an outbound stream: re-register (``pubsub_stream_reopened``);
+        * registered but no topic known: reset its inbound stream, which makes it re-register and so re-announce
+          its topics (``pubsub_topics_requested``)."""
+        ps = self._pubsub
+        for pid, stream in list(ps.peers.items()):
+            if getattr(getattr(stream, "muxed_conn", None), "is_closed", False):
+                self._count_error("pubsub_stream_stale")
+                ps._handle_dead_peer(pid)  # noqa: SLF001 - re-registers on a live connection when there is one
+        connected = set(self._host.get_connected_peers())
+        subscribed = set().union(*ps.peer_topics.values())
+        for pid in connected:
+            if pid in self._penalised or ps.is_peer_blacklisted(pid):
+                continue
+            if self._no_stream.due(pid, pid not in ps.peers, now):
+                self._count_error("pubsub_stream_reopened")
+                ps._schedule_peer_stream_retry(pid)  # noqa: SLF001 - the entry point that runs one retry per peer
+            if self._no_topics.due(pid, pid in ps.peers and pid not in subscribed and pid in ps.inbound, now):
+                self._count_error("pubsub_topics_requested")
+                await ps.reset_inbound(pid)
+        self._no_stream.forget_all_but(connected)
+        self._no_topics.forget_all_but(connected)
 
     def _discovered(self) -> set[ID]:
         found: set[ID] = set()

@@ -28,7 +28,8 @@ py-libp2p 0.8.1 specifics worked around here:
   tries (after a plain direct dial) a hole punch: addresses exchanged over the relayed stream (the relay's identify
   tells each side its NAT's public address; the port is predicted as our listen port), then both sides dial from
   their listen port (SO_REUSEPORT) at once. On success the relayed connection is closed after 60 s; pubsub
-  re-opens its stream on the direct one (``_GuardedPubsub`` keeps the subscriptions announced there).
+  re-opens its stream on the direct one (``_GuardedPubsub`` keeps the subscriptions announced there;
+  ``Libp2pTransport._heal_pubsub`` repairs a stream or an announcement lost in the move).
   Measured in tests/integration/test_nat.py behind two nft masquerade NATs.
 """
 

@@ -151,6 +151,11 @@ def _child(argv: list[str] | None = None) -> int:
                     s = transport.stats()
                     say({"ok": True, "stats": {"bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "errors": s.errors,
                                                "messages_in": s.messages_in, "messages_out": s.messages_out}})
+                elif name in _PUBSUB_FAULTS:  # libp2p, for tests: break py-libp2p's bookkeeping as it can break
+                    import trio
+
+                    n = trio.from_thread.run_sync(_PUBSUB_FAULTS[name], transport, trio_token=transport._token)
+                    say({"ok": True, "peers": n})
                 elif name == "stop":
                     break
                 else:
@@ -163,6 +168,32 @@ def _child(argv: list[str] | None = None) -> int:
         drainer.join(2)
     say({"ok": True, "stopped": True})
     return 0
+
+
+def _drop_pubsub_streams(transport) -> int:
+    """Forget every peer's outbound pubsub stream the way py-libp2p does when it gives up re-registering a peer
+    (no retry scheduled): only ``Libp2pTransport``'s own healing can bring the peers back."""
+    ps = transport._pubsub
+    peers = list(ps.peers)
+    for pid in peers:
+        del ps.peers[pid]
+        ps.peer_queues.pop(pid).close()
+        ps.router.remove_peer(pid)
+    return len(peers)
+
+
+def _forget_pubsub_topics(transport) -> int:
+    """Forget every peer's topic announcements (stock pubsub's forgetting, as after a lost re-announcement)."""
+    from libp2p.pubsub.pubsub import Pubsub
+
+    ps = transport._pubsub
+    peers = list(ps.peers)
+    for pid in peers:
+        Pubsub._forget_all_subscriptions(ps, pid)
+    return len(peers)
+
+
+_PUBSUB_FAULTS = {"drop_pubsub_streams": _drop_pubsub_streams, "forget_pubsub_topics": _forget_pubsub_topics}
 
 
 class PeerProcess:

@@ -58,6 +58,32 @@ def test_three_nodes_in_a_chain_deliver_with_the_author_as_sender(spawn):
         assert all(x["sender"] == authors[x["id"]] for x in inbox.items[id(p)]), "a relay was named as sender"
 
 
+@pytest.mark.parametrize("fault, healed_by", [("drop_pubsub_streams", "pubsub_stream_reopened"),
+                                              ("forget_pubsub_topics", "pubsub_topics_requested")])
+def test_gossip_to_a_peer_recovers_when_pubsub_loses_track_of_it(spawn, fault, healed_by):
+    """py-libp2p can lose, for good, its outbound stream to a connected peer or the peer's topic announcement (it
+    gives up on some errors while connections change, as after a hole punch then the relay stopping). Either way
+    that peer would never hear from us again; the transport must notice and repair it."""
+    a = spawn()
+    b = spawn(a.addresses)
+    inbox = Inbox([a, b])
+    a.request("publish", id="before", size=1000)
+    wait_for(lambda: inbox.has({b: {"before"}}), timeout=30, interval=0.2, what="delivery a -> b")
+    assert a.request(fault)["peers"] >= 1
+    sent = []
+
+    def a_reaches_b() -> bool:
+        # Both publish every 2 s, as nodes do every round (b's writes are what tell it that a reset its stream).
+        sent.append(f"after-{len(sent)}")
+        a.request("publish", id=sent[-1], size=1000)
+        b.request("publish", id=f"b-{sent[-1]}", size=1000)
+        inbox.poll()
+        return bool(inbox.ids(b) & set(sent)) and any(i.startswith("b-") for i in inbox.ids(a))
+
+    wait_for(a_reaches_b, timeout=90, interval=2.0, what=f"delivery a -> b after {fault}")
+    assert a.request("stats")["stats"]["errors"].get(healed_by, 0) >= 1
+
+
 def test_two_nodes_find_each_other_by_mdns_alone(spawn):
     a = spawn(swarm_id="mdns-test", extra=["--mdns", "--no-dht"])
     b = spawn(swarm_id="mdns-test", extra=["--mdns", "--no-dht"])

@@ -201,6 +201,18 @@ def _established(ns: str) -> list[tuple[str, str]]:
     return [(row.split()[-2], row.split()[-1]) for row in out.splitlines() if row.strip()]
 
 
+def _diagnosis(nat, dirs, tmp_path) -> str:
+    """What a failed wait shows: each node's swarm counters, its TCP connections and the tail of its log."""
+    out = []
+    for side, d in dirs.items():
+        rows = metrics(d)
+        last = {k: rows[-1].get(k) for k in ("round", "admitted", "peers", "published", "transport_events")} if rows \
+            else {}
+        log = (tmp_path / f"{side}.log").read_text(errors="replace").splitlines()[-15:]
+        out.append(f"{side}: {last} tcp={_established(nat[f'H{side}'])} log tail:\n" + "\n".join(log))
+    return "\n".join(out)
+
+
 def _admitted(run_dir) -> int:
     rows = metrics(run_dir)
     return rows[-1]["admitted"] if rows else 0
@@ -237,8 +249,11 @@ def test_hole_punching_makes_the_link_direct_and_survives_the_relay(nat, ns_proc
     ns_procs.procs["relay"].terminate()
     ns_procs.procs["relay"].wait(20)
     before = {side: _admitted(d) for side, d in dirs.items()}
-    wait_for(lambda: all(_admitted(d) > before[side] for side, d in dirs.items()), 180, interval=1.0,
-             what=f"rollouts admitted after the relay stopped (before: {before})")
+    try:
+        wait_for(lambda: all(_admitted(d) > before[side] for side, d in dirs.items()), 180, interval=1.0,
+                 what=f"rollouts admitted after the relay stopped (before: {before})")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; {_diagnosis(nat, dirs, tmp_path)}") from None
     for side, d in dirs.items():
         assert metrics(d)[-1]["rejected"] == {}, side
     assert all(p.poll() is None for name, p in ns_procs.procs.items() if name != "relay")

@@ -19,7 +19,8 @@ def _row(r: int, **kw) -> dict:
     row = {"round": r, "reward_mean": 0.25 + 0.01 * r, "loss": -0.01 * r, "local_groups": 6, "external_groups": 2,
            "gen_tokens_per_s": 1000.0 + r, "train_tokens_per_s": 2000.0 + r, "round_s": 0.1,
            "policy_version": r, "admitted": 3 * r, "rejected": {"bad_signature": r, "stale": 1}, "peers": 2,
-           "bytes_in": 100 * r, "bytes_out": 50 * r, "published": 4 * r, "time": time.time()}
+           "bytes_in": 100 * r, "bytes_out": 50 * r, "published": 4 * r, "time": time.time(),
+           "transport_events": {"fetch_failed": r}}
     row.update(kw)
     return row
 
@@ -66,6 +67,7 @@ def test_exporter_serves_documented_names_with_row_values():
         assert _one(s, "sapo_peers") == 2
         assert _one(s, "sapo_bytes_total", direction="in") == 300 and _one(s, "sapo_bytes_total", direction="out") == 150
         assert _one(s, "sapo_staleness") == 0  # sync mode
+        assert _one(s, "sapo_transport_events_total", kind="fetch_failed") == 3
         assert _one(s, "sapo_checkpoint_round") == 2
         assert 29 <= _one(s, "sapo_checkpoint_age_seconds") < 60
         assert time.time() - _one(s, "sapo_last_round_timestamp_seconds") < 60

@@ -142,3 +142,24 @@ def test_forged_record_stored_by_a_hostile_dht_node_is_never_delivered():
     finally:
         bob.stop()
         alice.stop()
+
+
+def test_delivered_record_memory_is_bounded_against_sybil_floods(monkeypatch):
+    """Index entries from many fresh keys: the 'already delivered' set stays at SEEN_MAX, oldest forgotten first,
+    and every new record is still delivered once (with its pushed body, no fetch needed)."""
+    import hashlib
+
+    from node.config import HivemindTransportConfig
+    from swarm.transport import hivemind as hm
+
+    monkeypatch.setattr(hm, "SEEN_MAX", 50)
+    t = hm.HivemindTransport(HivemindTransportConfig(), Identity.generate(), "s", [])
+    sybils = [Identity.generate().peer_id for _ in range(4)]
+    entries = []
+    for seq in range(60):
+        body = f"rollout {seq}".encode()
+        entries.append((f"{sybils[seq % 4]}/{seq}", [seq, len(body), hashlib.sha256(body).digest(), 1.0], body))
+    assert sum(t._on_index(*e) for e in entries) == 60
+    assert len(t._seen) == 50 and (sybils[0], 0) not in t._seen and (sybils[3], 59) in t._seen
+    assert [r.payload for r in t.incoming()] == [e[2] for e in entries]
+    assert sum(t._on_index(*e) for e in entries[-50:]) == 0  # the remembered ones are not delivered twice
