@@ -65,7 +65,8 @@ from libp2p.tools.anyio_service import background_trio_service  # noqa: E402
 
 from node.config import Libp2pTransportConfig  # noqa: E402
 from swarm.identity import Identity  # noqa: E402
-from swarm.transport.base import BootstrapError, Inbox, Received, Transport, TransportError, TransportStats  # noqa: E402
+from swarm.transport.base import (  # noqa: E402
+    BootstrapError, Inbox, Received, Transport, TransportError, TransportStats)
 from swarm.transport.libp2p_frames import MAX_PAYLOAD_BYTES, FrameError, Reassembler, split  # noqa: E402
 from swarm.transport.libp2p_relay import RelayPart, is_circuit, patch_host_addrs  # noqa: E402
 
@@ -82,8 +83,8 @@ DISCOVERY_INTERVAL_S = 2.0
 MAX_DIALS_PER_ROUND = 8
 HEAL_GRACE_S = 6.0
 HEAL_BACKOFF_MAX_S = 300.0
-"""A peer connected for HEAL_GRACE_S without a pubsub stream gets one re-opened; then again after 2x, 4x, ... the
-grace, up to HEAL_BACKOFF_MAX_S (``_heal_pubsub``)."""
+"""``_heal_pubsub`` repairs a peer's pubsub state once it has been broken for HEAL_GRACE_S; then again after 2x,
+4x, ... the grace, up to HEAL_BACKOFF_MAX_S."""
 MAX_INBOUND_RPC_BYTES = 1024 * 1024
 """Stock py-libp2p cap on one inbound pubsub RPC; our frames stay under cfg.max_frame_bytes, honest RPCs that
 batch control messages stay far below this."""
@@ -537,7 +538,11 @@ class Libp2pTransport(Transport):
                     self._pubsub.remove_from_blacklist(peer)
             if self._relay is not None and self.cfg.relay.enabled:
                 self._relay_addresses = self._relay.addresses()
-            await self._heal_pubsub(now)
+            try:
+                await self._heal_pubsub(now)
+            except Exception as e:  # noqa: BLE001 - a repair that fails is retried on the next tick
+                log.debug("pubsub repair failed: %r", e)
+                self._count_error("pubsub_repair_failed")
             try:
                 await self._dial_discovered()
             except Exception as e:  # noqa: BLE001 - discovery is best effort
