@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from swarm.transport.peer_process import REPO_ROOT, PeerProcess
-from tests.integration.helpers import metrics, sapo_cmd, stop, wait_for
+from tests.integration.helpers import metrics, wait_for
 from tests.integration.test_transport_conformance import Inbox
 
 pytestmark = [pytest.mark.slow,
@@ -218,53 +218,37 @@ def _tcp_reachable(ns: str, addr: str) -> bool:
                           timeout=30).returncode == 0
 
 
-def test_nated_nodes_share_rollouts_through_a_circuit_relay(netns, tmp_path):
-    procs: list[subprocess.Popen] = []
-    logs = []
+def test_nated_nodes_share_rollouts_through_a_circuit_relay(netns, ns_procs, tmp_path):
+    start = ns_procs
+    relay_dir = tmp_path / "relay"
+    start(netns["R"], "bootstrap", "--transport", "libp2p", "--relay", "--run-dir", str(relay_dir),
+          "--listen", "/ip4/10.77.1.1/tcp/0,/ip4/10.77.2.1/tcp/0", "--set", "swarm.swarm_id=relay-only",
+          "--set", "swarm.transport.mdns=false", name="relay")
+    relay = wait_for(lambda: _node_json(relay_dir), 60, what="relay node.json")
+    r_for = {side: next(x for x in relay["addrs"] if f"/ip4/{net}.1/" in x)
+             for side, net in (("A", "10.77.1"), ("B", "10.77.2"))}
 
-    def start(ns: str, *args: str, name: str) -> subprocess.Popen:
-        f = open(tmp_path / f"{name}.log", "w")
-        logs.append(f)
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *sapo_cmd(*args)], stdout=f, stderr=subprocess.STDOUT,
-                             cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        procs.append(p)
-        return p
+    dirs = {side: tmp_path / side for side in ("A", "B")}
+    for i, (side, net) in enumerate((("A", "10.77.1"), ("B", "10.77.2"))):
+        # each node is given only the relay (as bootstrap peer and relay): it learns the other from the DHT
+        start(netns[side], "run", "--transport", "libp2p", "--run-dir", str(dirs[side]), "--peers", r_for[side],
+              "--set", f"swarm.transport.listen=[/ip4/{net}.2/tcp/0]", "--set", f"seed={i}",
+              "--set", "swarm.transport.relay.enabled=true", *NODE, name=side)
+    info = {side: wait_for(lambda d=d: _node_json(d), 120, what=f"{side}/node.json") for side, d in dirs.items()}
+    for side in ("A", "B"):
+        circuit = [x for x in info[side]["addrs"] if "/p2p-circuit/" in x]
+        assert circuit == [f"{r_for[side]}/p2p-circuit/p2p/{info[side]['peer_id']}"], info[side]["addrs"]
+    direct_b = next(x for x in info["B"]["addrs"] if "/p2p-circuit/" not in x)
+    direct_a = next(x for x in info["A"]["addrs"] if "/p2p-circuit/" not in x)
+    assert not _tcp_reachable(netns["A"], direct_b) and not _tcp_reachable(netns["B"], direct_a), \
+        "the namespaces can reach each other directly: the test would prove nothing"
+    assert _tcp_reachable(netns["A"], r_for["A"]) and _tcp_reachable(netns["B"], r_for["B"])
 
-    try:
-        relay_dir = tmp_path / "relay"
-        start(netns["R"], "bootstrap", "--transport", "libp2p", "--relay", "--run-dir", str(relay_dir),
-              "--listen", "/ip4/10.77.1.1/tcp/0,/ip4/10.77.2.1/tcp/0", "--set", "swarm.swarm_id=relay-only",
-              "--set", "swarm.transport.mdns=false", name="relay")
-        relay = wait_for(lambda: _node_json(relay_dir), 60, what="relay node.json")
-        r_for = {side: next(x for x in relay["addrs"] if f"/ip4/{net}.1/" in x)
-                 for side, net in (("A", "10.77.1"), ("B", "10.77.2"))}
-
-        dirs = {side: tmp_path / side for side in ("A", "B")}
-        for i, (side, net) in enumerate((("A", "10.77.1"), ("B", "10.77.2"))):
-            # each node is given only the relay (as bootstrap peer and relay): it learns the other from the DHT
-            start(netns[side], "run", "--transport", "libp2p", "--run-dir", str(dirs[side]), "--peers", r_for[side],
-                  "--set", f"swarm.transport.listen=[/ip4/{net}.2/tcp/0]", "--set", f"seed={i}",
-                  "--set", "swarm.transport.relay.enabled=true", *NODE, name=side)
-        info = {side: wait_for(lambda d=d: _node_json(d), 120, what=f"{side}/node.json") for side, d in dirs.items()}
-        for side in ("A", "B"):
-            circuit = [x for x in info[side]["addrs"] if "/p2p-circuit/" in x]
-            assert circuit == [f"{r_for[side]}/p2p-circuit/p2p/{info[side]['peer_id']}"], info[side]["addrs"]
-        direct_b = next(x for x in info["B"]["addrs"] if "/p2p-circuit/" not in x)
-        direct_a = next(x for x in info["A"]["addrs"] if "/p2p-circuit/" not in x)
-        assert not _tcp_reachable(netns["A"], direct_b) and not _tcp_reachable(netns["B"], direct_a), \
-            "the namespaces can reach each other directly: the test would prove nothing"
-        assert _tcp_reachable(netns["A"], r_for["A"]) and _tcp_reachable(netns["B"], r_for["B"])
-
-        # both train on the other's rollouts: they can only have come over the relayed connection
-        wait_for(lambda: all(any(r["external_groups"] > 0 for r in metrics(d)) for d in dirs.values()), 240,
-                 interval=1.0, what="external groups on both NATed nodes")
-        for side, d in dirs.items():
-            last = metrics(d)[-1]
-            assert last["admitted"] > 0 and last["peers"] >= 1, (side, last)
-            assert last["rejected"] == {}, (side, last["rejected"])
-        assert all(p.poll() is None for p in procs), [p.returncode for p in procs]
-    finally:
-        for p in procs:
-            stop(p)
-        for f in logs:
-            f.close()
+    # both train on the other's rollouts: they can only have come over the relayed connection
+    wait_for(lambda: all(any(r["external_groups"] > 0 for r in metrics(d)) for d in dirs.values()), 240,
+             interval=1.0, what="external groups on both NATed nodes")
+    for side, d in dirs.items():
+        last = metrics(d)[-1]
+        assert last["admitted"] > 0 and last["peers"] >= 1, (side, last)
+        assert last["rejected"] == {}, (side, last["rejected"])
+    assert all(p.poll() is None for p in start.procs.values()), [p.returncode for p in start.procs.values()]

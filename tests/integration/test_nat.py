@@ -33,8 +33,7 @@ import time
 
 import pytest
 
-from swarm.transport.peer_process import REPO_ROOT
-from tests.integration.helpers import metrics, sapo_cmd, stop, wait_for
+from tests.integration.helpers import metrics, stop, wait_for
 from tests.integration.test_libp2p import NODE, _node_json, _sh, _tcp_reachable
 
 pytestmark = [pytest.mark.slow]
@@ -143,30 +142,6 @@ def _check_nat(ns: dict) -> None:
     finally:
         for p in listeners:
             stop(p)
-
-
-@pytest.fixture
-def ns_procs(tmp_path):
-    """``start(ns, *sapo args, name=...)`` runs ``sapo`` in a namespace, logging to tmp_path/<name>.log."""
-    procs: dict[str, subprocess.Popen] = {}
-    logs = []
-
-    def start(ns: str, *args: str, name: str) -> subprocess.Popen:
-        f = open(tmp_path / f"{name}.log", "w")
-        logs.append(f)
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *sapo_cmd(*args)], stdout=f, stderr=subprocess.STDOUT,
-                             cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        procs[name] = p
-        return p
-
-    start.procs = procs
-    try:
-        yield start
-    finally:
-        for p in procs.values():
-            stop(p)
-        for f in logs:
-            f.close()
 
 
 def _start_libp2p_swarm(nat, start, tmp_path, *extra: str):
