@@ -115,18 +115,7 @@ class FastGenerator(HFGenerator):
         return self._slots[key]
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Completion]]:
-        prompt_ids = self.encode_prompts(prompts)
-        flat = [ids for ids in prompt_ids for _ in range(n)]
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed)
-        results: list[Completion] = []
-        self.model.eval()
-        bs = self.cfg.batch_size
-        for start in range(0, len(flat), bs):
-            results.extend(self._sample_batch(flat[start:start + bs], gen))
-        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+    # generate() is HFGenerator's: the same batching and seeding, its autocast a no-op at precision fp32.
 
     def _sample_batch(self, prompts: list[list[int]], gen: torch.Generator) -> list[Completion]:
         cfg = self.cfg

@@ -167,6 +167,19 @@ def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
 
 
+def _add_namespaces(names, made: list[str]) -> None:
+    """Create each network namespace with its loopback up; ``made`` collects them for ``_del_namespaces``."""
+    for ns in names:
+        _sh("ip", "netns", "add", ns)
+        made.append(ns)
+        _sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def _del_namespaces(made: list[str]) -> None:
+    for ns in made:  # deleting a namespace deletes what is inside it: veth ends (and so their peers), nft tables
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 @pytest.fixture
 def netns():
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -176,10 +189,7 @@ def netns():
     links = {"A": (f"sRa{tag}", f"sAr{tag}", "10.77.1"), "B": (f"sRb{tag}", f"sBr{tag}", "10.77.2")}
     made: list[str] = []
     try:
-        for ns in names.values():
-            _sh("ip", "netns", "add", ns)
-            made.append(ns)
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        _add_namespaces(names.values(), made)
         for side, (r_if, x_if, net) in links.items():
             _sh("ip", "link", "add", r_if, "type", "veth", "peer", "name", x_if)
             _sh("ip", "link", "set", r_if, "netns", names["R"])
@@ -190,16 +200,14 @@ def netns():
             _sh("ip", "-n", names[side], "link", "set", x_if, "up")
         _sh("ip", "netns", "exec", names["R"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
     except (subprocess.CalledProcessError, OSError) as e:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        _del_namespaces(made)
         for r_if, _, _ in links.values():  # a veth not yet moved still sits in this namespace
             subprocess.run(["ip", "link", "del", r_if], capture_output=True)
         pytest.skip(f"cannot build network namespaces here: {getattr(e, 'stderr', '') or e}")
     try:
         yield names
     finally:
-        for ns in made:  # deleting a namespace deletes the veth ends inside it (and so their peers)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        _del_namespaces(made)
 
 
 def _node_json(run_dir):

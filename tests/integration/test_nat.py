@@ -34,7 +34,7 @@ import time
 import pytest
 
 from tests.integration.helpers import metrics, stop, wait_for
-from tests.integration.test_libp2p import NODE, _node_json, _sh, _tcp_reachable
+from tests.integration.test_libp2p import NODE, _add_namespaces, _del_namespaces, _node_json, _sh, _tcp_reachable
 
 pytestmark = [pytest.mark.slow]
 needs_libp2p = pytest.mark.skipif(importlib.util.find_spec("libp2p") is None, reason="libp2p is not installed")
@@ -84,10 +84,7 @@ def nat(tmp_path):
     ns = {k: f"sapo{k}{tag}" for k in ("P", "RA", "RB", "HA", "HB")}
     made: list[str] = []
     try:
-        for name in ns.values():
-            _sh("ip", "netns", "add", name)
-            made.append(name)
-            _sh("ip", "-n", name, "link", "set", "lo", "up")
+        _add_namespaces(ns.values(), made)
         _sh("ip", "-n", ns["P"], "addr", "add", f"{RELAY_IP}/32", "dev", "lo")
         _sh("ip", "netns", "exec", ns["P"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for side, (lan, wan_ip, p_ip) in HOMES.items():
@@ -107,15 +104,13 @@ def nat(tmp_path):
             subprocess.run(["ip", "netns", "exec", router, "nft", "-f", "-"], input=NFT_ROUTER.format(
                 wan=wan, lan=lan_if), check=True, capture_output=True, text=True, timeout=30)
     except (subprocess.CalledProcessError, OSError) as e:
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _del_namespaces(made)
         pytest.skip(f"cannot build namespaces with a NAT here: {getattr(e, 'stderr', '') or e}")
     try:
         _check_nat(ns)
         yield ns
     finally:
-        for name in made:  # deleting a namespace deletes its veth ends (and so their peers) and nft tables
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _del_namespaces(made)
 
 
 def _check_nat(ns: dict) -> None:
