@@ -321,9 +321,10 @@ class Libp2pTransport(Transport):
                 log.warning("libp2p transport thread did not exit within 20 s")
 
     # ------------------------------------------------------------------ internals
-    def _count_error(self, kind: str) -> None:
-        with self._lock:
-            self._stats.errors[kind] = self._stats.errors.get(kind, 0) + 1
+    def _count_error(self, kind: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._stats.errors[kind] = self._stats.errors.get(kind, 0) + n
 
     def _run(self) -> None:
         try:
@@ -539,6 +540,8 @@ class Libp2pTransport(Transport):
             if self._relay is not None and self.cfg.relay.enabled:
                 self._relay_addresses = self._relay.addresses()
             try:
+                if self._relay is not None:
+                    self._count_error("direct_link", await self._relay.new_direct_links())
                 await self._heal_pubsub(now)
             except Exception as e:  # noqa: BLE001 - a repair that fails is retried on the next tick
                 log.debug("pubsub repair failed: %r", e)

@@ -106,6 +106,7 @@ class RelayPart:
         self.not_a_relay: set[ID] = set()  # initial peers that refused (no hop service): not asked again
         self.failures: dict[str, str] = {}
         self._backoff: dict[ID, float] = {}
+        self._direct: set[ID] = set()  # peers (not our relays) we hold a direct connection to
 
     # ---------------------------------------------------------------- reachable through relays
     def addresses(self) -> list[str]:
@@ -178,6 +179,21 @@ class RelayPart:
                 async with trio.open_nursery() as n:
                     for addr, info in due:
                         n.start_soon(self._reserve, addr, info)
+
+    async def new_direct_links(self) -> int:
+        """With hole punching: how many connected peers, relays aside, newly have a direct (upgraded, not relayed)
+        connection since the last call: a hole punch that worked, as the swarm sees it (``ss`` only shows TCP)."""
+        if self.dcutr is None:
+            return 0
+        relays = {info.peer_id for _, info in self.candidates}
+        connected = set(self.host.get_connected_peers()) - relays
+        self._direct &= connected
+        new = 0
+        for pid in connected - self._direct:
+            if await self.dcutr._verify_direct_connection(pid):  # noqa: SLF001 - reads the swarm's connections only
+                self._direct.add(pid)
+                new += 1
+        return new
 
     # ---------------------------------------------------------------- reaching others through relays
     async def dial(self, addr: str) -> bool:

@@ -214,6 +214,10 @@ def test_hole_punching_makes_the_link_direct_and_survives_the_relay(nat, ns_proc
     wait_for(lambda: direct in _established(nat["HA"]), 180, interval=0.5, what=f"a direct connection {direct}")
     punched_s = time.monotonic() - t0
     assert (f"{HOMES['B'][0]}.2:{port['B']}", f"{HOMES['A'][1]}:{port['A']}") in _established(nat["HB"])
+    # A TCP connection is not yet a libp2p one (security and muxer upgrade): stopping the relay before both nodes
+    # hold the upgraded direct connection cut them off for good once in CI (both left with no TCP connection).
+    wait_for(lambda: all((metrics(d) or [{}])[-1].get("transport_events", {}).get("direct_link", 0) >= 1
+                         for d in dirs.values()), 60, interval=0.5, what="a direct libp2p link on both nodes")
 
     # Without the relay, only the direct connection can carry rollouts.
     ns_procs.procs["relay"].terminate()
